@@ -1,0 +1,26 @@
+// The public entry points: check, skip empty work, dispatch by device.
+#include "../cpu/cpu_backend.h"
+#include "longattn/longattn.h"
+
+#ifndef LONGATTN_VERSION
+#define LONGATTN_VERSION "0.0.0"
+#endif
+
+namespace longattn {
+
+const char* version() { return LONGATTN_VERSION; }
+
+Status attention_forward(const AttentionParams& p) {
+  Status st = check_params(p);
+  if (!st.ok()) return st;
+  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return Status::Ok();  // nothing to write
+  switch (p.device) {
+    case Device::kCpu: return cpu::attention_forward(p);
+    case Device::kCuda:
+      return Status::Unsupported("device: cuda is not supported yet (this build has no CUDA kernels); "
+                                 "use CPU tensors");
+  }
+  return Status::Invalid("device: unknown");
+}
+
+}  // namespace longattn

@@ -1,0 +1,52 @@
+// Which keys a query may attend, for dense, causal and sliding-window attention (SPEC §1, §2).
+//
+// Query i sits at key position p(i) = i + offset, offset = seqlen_k - seqlen_q (bottom-right alignment), and may
+// attend key j iff lo(i) <= j <= hi(i), with lo(i) = p(i) - left and hi(i) = p(i) + right, each clamped to
+// [0, seqlen_k - 1]; a side given as -1 is unbounded. Dense is (-1, -1); causal is (-1, 0).
+// The engine asks two questions: which key range a query tile touches (tile skipping), and whether a
+// (query tile, key tile) block is wholly visible (then it takes the unmasked fast path).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+namespace longattn {
+
+struct SlidingWindowPolicy {
+  int64_t seqlen_k = 0;
+  int64_t offset = 0;  // seqlen_k - seqlen_q
+  int64_t left = -1;   // -1 = unbounded
+  int64_t right = -1;
+
+  SlidingWindowPolicy(int64_t seqlen_q, int64_t seqlen_k_, bool causal, int64_t window_left, int64_t window_right)
+      : seqlen_k(seqlen_k_), offset(seqlen_k_ - seqlen_q), left(window_left), right(window_right) {
+    if (causal && (right < 0 || right > 0)) right = 0;
+  }
+
+  // First and last visible key of query i, before clamping to the sequence (may give lo > hi: no key).
+  int64_t lo(int64_t i) const { return left < 0 ? 0 : std::max<int64_t>(0, i + offset - left); }
+  int64_t hi(int64_t i) const {
+    return right < 0 ? seqlen_k - 1 : std::min<int64_t>(seqlen_k - 1, i + offset + right);
+  }
+
+  // Keys [*k_begin, *k_end) that queries [q_begin, q_end) touch; both bounds grow with i, so the first query
+  // gives the start and the last one the end. Empty when k_begin >= k_end.
+  void key_range(int64_t q_begin, int64_t q_end, int64_t* k_begin, int64_t* k_end) const {
+    *k_begin = lo(q_begin);
+    *k_end = std::max<int64_t>(*k_begin, hi(q_end - 1) + 1);
+  }
+
+  // True when every query in [q_begin, q_end) sees every key in [k_begin, k_end).
+  bool block_fully_visible(int64_t q_begin, int64_t q_end, int64_t k_begin, int64_t k_end) const {
+    return lo(q_end - 1) <= k_begin && hi(q_begin) >= k_end - 1;
+  }
+
+  // Queries that see key j form one interval [*q_first, *q_last] (possibly empty): the inverse of lo/hi.
+  void visible_queries(int64_t j, int64_t* q_first, int64_t* q_last) const {
+    // j <= i + offset + right  <=>  i >= j - offset - right ;  j >= i + offset - left  <=>  i <= j - offset + left
+    *q_first = right < 0 ? INT64_MIN / 4 : j - offset - right;
+    *q_last = left < 0 ? INT64_MAX / 4 : j - offset + left;
+  }
+};
+
+}  // namespace longattn

@@ -1,0 +1,55 @@
+// Argument checks shared by every backend. Messages name the field, the value and what is accepted, because the
+// Python layer passes them through verbatim for anything it did not already reject.
+#include <cmath>
+#include <sstream>
+
+#include "longattn/longattn.h"
+
+namespace longattn {
+namespace {
+
+template <typename... Parts>
+std::string cat(const Parts&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  return os.str();
+}
+
+}  // namespace
+
+Status check_params(const AttentionParams& p) {
+  if (p.dtype != DType::kFloat32 && p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
+    return Status::Invalid(cat("dtype: got ", int(p.dtype), ", expected float32, float16 or bfloat16"));
+  if (p.device != Device::kCpu && p.device != Device::kCuda)
+    return Status::Invalid(cat("device: got ", int(p.device), ", expected cpu or cuda"));
+  const struct { const char* name; int64_t value; } sizes[] = {
+      {"batch", p.batch},     {"seqlen_q", p.seqlen_q}, {"seqlen_k", p.seqlen_k},     {"heads_q", p.heads_q},
+      {"heads_k", p.heads_k}, {"head_dim", p.head_dim}, {"head_dim_v", p.head_dim_v}};
+  for (const auto& s : sizes)
+    if (s.value < 0) return Status::Invalid(cat(s.name, ": got ", s.value, ", expected a size >= 0"));
+  if (p.heads_q < 1 || p.heads_k < 1 || p.heads_q % p.heads_k != 0)
+    return Status::Invalid(cat("heads: got heads_q=", p.heads_q, " and heads_k=", p.heads_k,
+                               ", expected heads_k >= 1 dividing heads_q (grouped-query attention)"));
+  if (p.device == Device::kCpu) {
+    if (p.head_dim < 1 || p.head_dim > 256)
+      return Status::Unsupported(cat("head_dim: got ", p.head_dim, ", the CPU backend supports 1..256"));
+    if (p.head_dim_v < 1 || p.head_dim_v > 256)
+      return Status::Unsupported(cat("head_dim_v: got ", p.head_dim_v, ", the CPU backend supports 1..256"));
+  }
+  if (!(p.scale == p.scale) || p.scale == INFINITY || p.scale == -INFINITY)
+    return Status::Invalid(cat("scale: got ", p.scale, ", expected a finite number"));
+  if (p.window_left < -1 || p.window_right < -1)
+    return Status::Invalid(cat("window: got (", p.window_left, ", ", p.window_right,
+                               "), expected each bound >= 0, or -1 for unbounded"));
+  if (p.causal && p.window_right > 0)
+    return Status::Invalid(cat("causal=True with window right bound ", p.window_right,
+                               " > 0: causal means right = 0; pass right = 0 or -1"));
+  const bool empty = p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0;
+  if (empty) return Status::Ok();
+  if (!p.out) return Status::Invalid("out: got a null pointer, expected the output buffer");
+  if (p.seqlen_k > 0 && (!p.q || !p.k || !p.v))
+    return Status::Invalid("q, k, v: got a null pointer, expected the input buffers");
+  return Status::Ok();
+}
+
+}  // namespace longattn

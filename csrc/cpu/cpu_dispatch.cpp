@@ -1,0 +1,112 @@
+// Chooses the CPU kernel variant (scalar / AVX2 / AVX-512) at run time and runs the work items on the pool.
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu_backend.h"
+#include "kernels.h"
+#include "thread_pool.h"
+
+namespace longattn {
+namespace cpu {
+namespace {
+
+bool cpu_has(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kScalar: return true;
+    case CpuIsa::kAvx2:
+#if defined(LONGATTN_HAVE_AVX2) && (defined(__GNUC__) || defined(__clang__))
+      // libgcc's feature bits also require the OS to save the ymm state (XCR0).
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+      return false;
+#endif
+    case CpuIsa::kAvx512:
+#if defined(LONGATTN_HAVE_AVX512) && (defined(__GNUC__) || defined(__clang__))
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+      return false;
+#endif
+  }
+  return false;
+}
+
+CpuIsa initial_isa() {
+  CpuIsa isa = best_cpu_isa();
+  if (const char* env = std::getenv("LONGATTN_CPU_ISA")) {
+    for (CpuIsa c : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512})
+      if (std::strcmp(env, cpu_isa_name(c)) == 0 && cpu_has(c)) isa = c;
+  }
+  return isa;
+}
+
+std::atomic<int>& active_isa_slot() {
+  static std::atomic<int> slot{int(initial_isa())};
+  return slot;
+}
+
+const CpuKernelTable& kernels_for(CpuIsa isa) {
+  switch (isa) {
+#if defined(LONGATTN_HAVE_AVX512)
+    case CpuIsa::kAvx512: return avx512_kernels();
+#endif
+#if defined(LONGATTN_HAVE_AVX2)
+    case CpuIsa::kAvx2: return avx2_kernels();
+#endif
+    default: return scalar_kernels();
+  }
+}
+
+}  // namespace
+
+Status attention_forward(const AttentionParams& p) {
+  const CpuKernelTable& k = kernels_for(active_cpu_isa());
+  const int64_t n = k.num_work_items(p);
+  ThreadPool::instance().parallel_for(n, k.workspace_floats(p),
+                                      [&](int64_t item, float* ws) { k.run_work_item(p, item, ws); });
+  return Status::Ok();
+}
+
+}  // namespace cpu
+
+const char* cpu_isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kScalar: return "scalar";
+    case CpuIsa::kAvx2: return "avx2";
+    case CpuIsa::kAvx512: return "avx512";
+  }
+  return "unknown";
+}
+
+bool cpu_isa_supported(CpuIsa isa) { return cpu::cpu_has(isa); }
+
+CpuIsa best_cpu_isa() {
+  if (cpu::cpu_has(CpuIsa::kAvx512)) return CpuIsa::kAvx512;
+  if (cpu::cpu_has(CpuIsa::kAvx2)) return CpuIsa::kAvx2;
+  return CpuIsa::kScalar;
+}
+
+CpuIsa active_cpu_isa() { return CpuIsa(cpu::active_isa_slot().load()); }
+
+Status set_cpu_isa(CpuIsa isa) {
+  if (isa != CpuIsa::kScalar && isa != CpuIsa::kAvx2 && isa != CpuIsa::kAvx512)
+    return Status::Invalid("isa: expected scalar, avx2 or avx512");
+  if (!cpu::cpu_has(isa))
+    return Status::Unsupported(std::string("isa: ") + cpu_isa_name(isa) +
+                               " is not compiled into this build or not supported by this CPU");
+  cpu::active_isa_slot().store(int(isa));
+  return Status::Ok();
+}
+
+int num_threads() { return cpu::ThreadPool::instance().num_threads(); }
+
+Status set_num_threads(int n) {
+  if (n < 1 || n > 1024)
+    return Status::Invalid("num_threads: got " + std::to_string(n) + ", expected 1..1024");
+  cpu::ThreadPool::instance().set_num_threads(n);
+  return Status::Ok();
+}
+
+}  // namespace longattn

@@ -1,0 +1,26 @@
+// The per-ISA entry points of the CPU engine. Each table is defined in its own translation unit, compiled with
+// that ISA's flags (kernel_scalar.cpp, kernel_avx2.cpp, kernel_avx512.cpp); cpu_dispatch.cpp picks one at run time.
+#pragma once
+
+#include <cstdint>
+
+#include "longattn/longattn.h"
+
+namespace longattn::cpu {
+
+struct CpuKernelTable {
+  const char* name;
+  int64_t (*workspace_floats)(const AttentionParams&);  // scratch one thread needs
+  int64_t (*num_work_items)(const AttentionParams&);    // independent items: (batch, query head, query tile)
+  void (*run_work_item)(const AttentionParams&, int64_t item, float* workspace);
+};
+
+const CpuKernelTable& scalar_kernels();
+#if defined(LONGATTN_HAVE_AVX2)
+const CpuKernelTable& avx2_kernels();
+#endif
+#if defined(LONGATTN_HAVE_AVX512)
+const CpuKernelTable& avx512_kernels();
+#endif
+
+}  // namespace longattn::cpu

@@ -1,0 +1,196 @@
+// Vector abstractions the CPU engine is written against. Each kernel translation unit defines exactly one of
+// LONGATTN_ISA_SCALAR / LONGATTN_ISA_AVX2 / LONGATTN_ISA_AVX512 and is compiled with the matching flags, so the same
+// engine source becomes three machine-code variants chosen at run time (see cpu_dispatch.cpp).
+//
+// Everything here lives in an ISA-named namespace: no inline function compiled with -mavx2 can be picked by the
+// linker for the portable path.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(LONGATTN_ISA_AVX2) || defined(LONGATTN_ISA_AVX512)
+#include <immintrin.h>
+#endif
+
+#if defined(LONGATTN_ISA_SCALAR)
+#define LONGATTN_ISA_NAME scalar
+#elif defined(LONGATTN_ISA_AVX2)
+#define LONGATTN_ISA_NAME avx2
+#elif defined(LONGATTN_ISA_AVX512)
+#define LONGATTN_ISA_NAME avx512
+#else
+#error "define one of LONGATTN_ISA_SCALAR, LONGATTN_ISA_AVX2, LONGATTN_ISA_AVX512"
+#endif
+
+namespace longattn::cpu::LONGATTN_ISA_NAME {
+
+// ---- scalar conversions (shared by every ISA for tails) --------------------------------------------------------
+inline float f32_from_bits(uint32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
+inline uint32_t bits_from_f32(float f) { uint32_t b; std::memcpy(&b, &f, 4); return b; }
+
+inline float bf16_to_f32(uint16_t h) { return f32_from_bits(uint32_t(h) << 16); }
+inline uint16_t f32_to_bf16(float f) {  // round to nearest even; NaN stays a (quiet) NaN
+  uint32_t b = bits_from_f32(f);
+  if ((b & 0x7fffffffu) > 0x7f800000u) return uint16_t((b >> 16) | 0x40u);
+  b += 0x7fffu + ((b >> 16) & 1u);
+  return uint16_t(b >> 16);
+}
+
+inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  if (exp == 0x1f) return f32_from_bits(sign | 0x7f800000u | (man << 13));  // inf / NaN
+  if (exp == 0) {
+    if (man == 0) return f32_from_bits(sign);
+    float f = std::ldexp(float(man), -24);  // subnormal half
+    return sign ? -f : f;
+  }
+  return f32_from_bits(sign | ((exp + 112u) << 23) | (man << 13));
+}
+inline uint16_t f32_to_f16(float f) {  // round to nearest even
+  const uint32_t b = bits_from_f32(f);
+  const uint16_t sign = uint16_t((b >> 16) & 0x8000u);
+  const uint32_t abs = b & 0x7fffffffu;
+  if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u);         // NaN
+  if (abs >= 0x477ff000u) return uint16_t(sign | 0x7c00u);        // overflow (>= 65520 rounds to inf)
+  if (abs < 0x38800000u) {                                        // result is subnormal or zero
+    const float a = f32_from_bits(abs);
+    return uint16_t(sign | uint16_t(std::nearbyint(a * 16777216.0f)));  // units of 2^-24, ties to even
+  }
+  uint32_t m = abs + 0xfffu + ((abs >> 13) & 1u);  // round the 13 dropped bits to nearest even
+  return uint16_t(sign | uint16_t((m - 0x38000000u) >> 13));
+}
+
+// 2^f on f in [-0.5, 0.5]: a degree-6 polynomial fitted for relative error (~1e-7 evaluated in float32).
+constexpr float kExp2C0 = 1.0f, kExp2C1 = 0.693147182f, kExp2C2 = 0.240226462f, kExp2C3 = 0.0555032864f,
+                kExp2C4 = 0.00961848907f, kExp2C5 = 0.00133999309f, kExp2C6 = 0.00015345811f;
+// Below this, 2^x is flushed to 0 (it is < 2^-125 of the row maximum: invisible in a float32 sum).
+constexpr float kExp2Min = -125.0f;
+
+#if defined(LONGATTN_ISA_SCALAR)
+struct Vec {
+  static constexpr int kWidth = 1;
+  using Reg = float;
+  static Reg zero() { return 0.0f; }
+  static Reg set1(float x) { return x; }
+  static Reg load(const float* p) { return *p; }
+  static void store(float* p, Reg x) { *p = x; }
+  static Reg broadcast(const float* p) { return *p; }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return a * b + c; }
+  static Reg mul(Reg a, Reg b) { return a * b; }
+  static Reg add(Reg a, Reg b) { return a + b; }
+  static Reg sub(Reg a, Reg b) { return a - b; }
+  static Reg max(Reg a, Reg b) { return a > b ? a : b; }  // a NaN in b is dropped; NaN rows still end NaN via exp2
+  // 2^x for x <= 0 (x = -inf gives 0); NaN in, NaN out.
+  static Reg exp2(Reg x) {
+    if (x != x) return x;
+    if (x < kExp2Min) return 0.0f;
+    const float n = std::nearbyint(x), f = x - n;
+    float p = kExp2C6;
+    p = p * f + kExp2C5; p = p * f + kExp2C4; p = p * f + kExp2C3;
+    p = p * f + kExp2C2; p = p * f + kExp2C1; p = p * f + kExp2C0;
+    return f32_from_bits(bits_from_f32(p) + (uint32_t(int32_t(n)) << 23));
+  }
+  // m == -inf (a row with no visible key yet) becomes 0 so that exp2(s - m) never computes -inf - -inf.
+  static Reg finite_or_zero(Reg m) { return m == -INFINITY ? 0.0f : m; }
+  static float reduce_add(Reg x) { return x; }
+};
+#endif
+
+#if defined(LONGATTN_ISA_AVX2)
+struct Vec {
+  static constexpr int kWidth = 8;
+  using Reg = __m256;
+  static Reg zero() { return _mm256_setzero_ps(); }
+  static Reg set1(float x) { return _mm256_set1_ps(x); }
+  static Reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, Reg x) { _mm256_storeu_ps(p, x); }
+  static Reg broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
+  static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
+  static Reg sub(Reg a, Reg b) { return _mm256_sub_ps(a, b); }
+  static Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
+  static Reg exp2(Reg x) {
+    const Reg flushed = _mm256_cmp_ps(x, _mm256_set1_ps(kExp2Min), _CMP_LT_OQ);  // false for NaN
+    x = _mm256_max_ps(_mm256_set1_ps(kExp2Min), x);  // max(c, NaN) returns NaN: NaN propagates
+    const Reg n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const Reg f = _mm256_sub_ps(x, n);
+    Reg p = _mm256_set1_ps(kExp2C6);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C5));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C4));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C3));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C2));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C1));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C0));
+    const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+    const Reg r = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+    return _mm256_andnot_ps(flushed, r);
+  }
+  static Reg finite_or_zero(Reg m) {
+    return _mm256_andnot_ps(_mm256_cmp_ps(m, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ), m);
+  }
+  static float reduce_add(Reg x) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  // 8 half / bfloat16 values to float32
+  static Reg load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+  static Reg load_bf16(const uint16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+  }
+  static void store_f16(uint16_t* p, Reg x) {
+    _mm_storeu_si128((__m128i*)p, _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+};
+#endif
+
+#if defined(LONGATTN_ISA_AVX512)
+struct Vec {
+  static constexpr int kWidth = 16;
+  using Reg = __m512;
+  static Reg zero() { return _mm512_setzero_ps(); }
+  static Reg set1(float x) { return _mm512_set1_ps(x); }
+  static Reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, Reg x) { _mm512_storeu_ps(p, x); }
+  static Reg broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
+  static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
+  static Reg sub(Reg a, Reg b) { return _mm512_sub_ps(a, b); }
+  static Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
+  static Reg exp2(Reg x) {
+    const __mmask16 kept = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExp2Min), _CMP_NLT_UQ);  // true for NaN
+    x = _mm512_max_ps(_mm512_set1_ps(kExp2Min), x);
+    const Reg n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const Reg f = _mm512_sub_ps(x, n);
+    Reg p = _mm512_set1_ps(kExp2C6);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2C5));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2C4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2C3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2C2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2C1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2C0));
+    const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
+    const Reg r = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
+    return _mm512_maskz_mov_ps(kept, r);
+  }
+  static Reg finite_or_zero(Reg m) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(m, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ), m);
+  }
+  static float reduce_add(Reg x) { return _mm512_reduce_add_ps(x); }
+  static Reg load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+  static Reg load_bf16(const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+  }
+  static void store_f16(uint16_t* p, Reg x) {
+    _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+};
+#endif
+
+}  // namespace longattn::cpu::LONGATTN_ISA_NAME

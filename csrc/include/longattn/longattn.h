@@ -1,0 +1,100 @@
+// longattn — the public, torch-free C++ API.
+//
+// An inference stack links `longattn_core` and includes this header, nothing else: no torch, no Python.
+// One params struct carries pointers, sizes, strides (in elements), dtype, scale, mask-policy options and the
+// stream from the caller to the kernels; every entry point returns a Status instead of throwing.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace longattn {
+
+enum class DType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum class Device : int32_t { kCpu = 0, kCuda = 1 };
+
+enum class StatusCode : int32_t {
+  kOk = 0,
+  kInvalidArgument = 1,  // a size, stride, pointer or option is wrong (Python: ValueError)
+  kUnsupported = 2,      // a valid request this build or device cannot serve (Python: ValueError)
+  kInternal = 3,         // a bug in longattn (Python: RuntimeError)
+};
+
+struct Status {
+  StatusCode code = StatusCode::kOk;
+  std::string message;
+
+  bool ok() const { return code == StatusCode::kOk; }
+  static Status Ok() { return {}; }
+  static Status Invalid(std::string msg) { return {StatusCode::kInvalidArgument, std::move(msg)}; }
+  static Status Unsupported(std::string msg) { return {StatusCode::kUnsupported, std::move(msg)}; }
+};
+
+// Strides of a (batch, seq, head, dim) tensor, in elements. The dim stride is always 1.
+struct BshdStrides {
+  int64_t batch = 0;
+  int64_t seq = 0;
+  int64_t head = 0;
+};
+
+// Everything one attention forward call needs (SPEC.md, common conventions).
+//   q   (batch, seqlen_q, heads_q, head_dim)      k (batch, seqlen_k, heads_k, head_dim)
+//   v   (batch, seqlen_k, heads_k, head_dim_v)    out (batch, seqlen_q, heads_q, head_dim_v)
+//   lse (batch, heads_q, seqlen_q) float32, optional (nullptr = not written)
+// Key j is visible to query i (sitting at key position p = i + seqlen_k - seqlen_q) iff
+//   p - window_left <= j <= p + window_right    (a side set to -1 is unbounded)
+// `causal` is the same as window_right = 0 (bottom-right aligned, SPEC §1).
+struct AttentionParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;
+
+  DType dtype = DType::kFloat32;  // q, k, v and out share it
+  Device device = Device::kCpu;
+
+  int64_t batch = 0;
+  int64_t seqlen_q = 0;
+  int64_t seqlen_k = 0;
+  int64_t heads_q = 0;
+  int64_t heads_k = 0;  // heads_q % heads_k == 0; query head h reads kv head h / (heads_q / heads_k)
+  int64_t head_dim = 0;
+  int64_t head_dim_v = 0;
+
+  BshdStrides q_stride, k_stride, v_stride, out_stride;
+  int64_t lse_batch_stride = 0;  // lse strides in elements; the seq stride is 1
+  int64_t lse_head_stride = 0;
+
+  float scale = 1.0f;  // multiplies q·k before the softmax
+  bool causal = false;
+  int64_t window_left = -1;   // sliding-window bounds (SPEC §2), inclusive; -1 = unbounded
+  int64_t window_right = -1;
+
+  void* stream = nullptr;  // cudaStream_t for Device::kCuda; ignored on the CPU
+};
+
+// Runs the forward pass on params.device. Validates params first; never throws.
+Status attention_forward(const AttentionParams& params);
+
+// Only the argument checks of attention_forward (shapes, strides, pointers, options).
+Status check_params(const AttentionParams& params);
+
+// ---- CPU backend controls -------------------------------------------------------------------------------------
+enum class CpuIsa : int32_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+const char* cpu_isa_name(CpuIsa isa);
+bool cpu_isa_supported(CpuIsa isa);  // compiled in and supported by this CPU and OS
+CpuIsa best_cpu_isa();
+// The ISA the CPU kernels use. Default: best_cpu_isa(), or LONGATTN_CPU_ISA=scalar|avx2|avx512 at load time.
+CpuIsa active_cpu_isa();
+Status set_cpu_isa(CpuIsa isa);
+
+// Worker threads of longattn's own pool (not OpenMP). Default: LONGATTN_NUM_THREADS, else the usable cores.
+// Results are bitwise identical for any thread count.
+int num_threads();
+Status set_num_threads(int n);
+
+const char* version();
+
+}  // namespace longattn

@@ -1,0 +1,101 @@
+// longattn._C: turns Python ints and tuples into AttentionParams, releases the GIL, maps Status to exceptions.
+// It takes raw data pointers and strides (no libtorch), so one wheel serves every torch version.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <string>
+
+#include "longattn/longattn.h"
+
+namespace py = pybind11;
+using namespace longattn;
+
+namespace {
+
+void raise_if_error(const Status& st) {
+  switch (st.code) {
+    case StatusCode::kOk: return;
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kUnsupported: throw py::value_error(st.message);
+    case StatusCode::kInternal: throw std::runtime_error(st.message);
+  }
+}
+
+DType parse_dtype(const std::string& s) {
+  if (s == "float32") return DType::kFloat32;
+  if (s == "float16") return DType::kFloat16;
+  if (s == "bfloat16") return DType::kBFloat16;
+  throw py::value_error("dtype: got '" + s + "', expected float32, float16 or bfloat16");
+}
+
+CpuIsa parse_isa(const std::string& s) {
+  for (CpuIsa c : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512})
+    if (s == cpu_isa_name(c)) return c;
+  throw py::value_error("isa: got '" + s + "', expected scalar, avx2 or avx512");
+}
+
+BshdStrides strides3(const std::array<int64_t, 3>& s) { return {s[0], s[1], s[2]}; }
+
+// sizes = (batch, seqlen_q, seqlen_k, heads_q, heads_k, head_dim, head_dim_v); strides in elements (b, s, h).
+void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
+                          const std::string& dtype, const std::string& device, const std::array<int64_t, 7>& sizes,
+                          const std::array<int64_t, 3>& q_strides, const std::array<int64_t, 3>& k_strides,
+                          const std::array<int64_t, 3>& v_strides, const std::array<int64_t, 3>& out_strides,
+                          const std::array<int64_t, 2>& lse_strides, double scale, bool causal, int64_t window_left,
+                          int64_t window_right, uintptr_t stream) {
+  AttentionParams p;
+  p.q = reinterpret_cast<const void*>(q);
+  p.k = reinterpret_cast<const void*>(k);
+  p.v = reinterpret_cast<const void*>(v);
+  p.out = reinterpret_cast<void*>(out);
+  p.lse = reinterpret_cast<float*>(lse);
+  p.dtype = parse_dtype(dtype);
+  if (device == "cpu") p.device = Device::kCpu;
+  else if (device == "cuda") p.device = Device::kCuda;
+  else throw py::value_error("device: got '" + device + "', expected cpu or cuda");
+  p.batch = sizes[0];
+  p.seqlen_q = sizes[1];
+  p.seqlen_k = sizes[2];
+  p.heads_q = sizes[3];
+  p.heads_k = sizes[4];
+  p.head_dim = sizes[5];
+  p.head_dim_v = sizes[6];
+  p.q_stride = strides3(q_strides);
+  p.k_stride = strides3(k_strides);
+  p.v_stride = strides3(v_strides);
+  p.out_stride = strides3(out_strides);
+  p.lse_batch_stride = lse_strides[0];
+  p.lse_head_stride = lse_strides[1];
+  p.scale = float(scale);
+  p.causal = causal;
+  p.window_left = window_left;
+  p.window_right = window_right;
+  p.stream = reinterpret_cast<void*>(stream);
+  Status st;
+  {
+    py::gil_scoped_release release;
+    st = attention_forward(p);
+  }
+  raise_if_error(st);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "longattn kernels (torch-free; pointers, sizes and strides in, status out)";
+  m.def("attention_forward", &attention_forward_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("lse"), py::arg("dtype"), py::arg("device"), py::arg("sizes"), py::arg("q_strides"),
+        py::arg("k_strides"), py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"),
+        py::arg("scale"), py::arg("causal"), py::arg("window_left"), py::arg("window_right"), py::arg("stream"));
+  m.def("version", &version);
+  m.def("num_threads", &num_threads);
+  m.def("set_num_threads", [](int n) { raise_if_error(set_num_threads(n)); });
+  m.def("cpu_isa", [] { return std::string(cpu_isa_name(active_cpu_isa())); });
+  m.def("best_cpu_isa", [] { return std::string(cpu_isa_name(best_cpu_isa())); });
+  m.def("set_cpu_isa", [](const std::string& s) { raise_if_error(set_cpu_isa(parse_isa(s))); });
+  m.def("cpu_isa_supported", [](const std::string& s) { return cpu_isa_supported(parse_isa(s)); });
+  m.attr("cuda_toolkit_at_build") = bool(LONGATTN_CUDA_TOOLKIT_FOUND);
+  m.attr("cuda_kernels_built") = false;
+  m.attr("cuda_archs") = py::list();
+}

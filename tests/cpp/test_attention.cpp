@@ -1,0 +1,221 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "longattn/longattn.h"
+#include "reference.h"
+
+namespace longattn {
+namespace {
+
+struct Case {
+  int64_t batch, seqlen_q, seqlen_k, heads_q, heads_k, head_dim, head_dim_v;
+  bool causal;
+  int64_t left = -1, right = -1;
+};
+
+struct Inputs {
+  std::vector<float> q, k, v;
+};
+
+Inputs random_inputs(const Case& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  Inputs in;
+  in.q.resize(c.batch * c.seqlen_q * c.heads_q * c.head_dim);
+  in.k.resize(c.batch * c.seqlen_k * c.heads_k * c.head_dim);
+  in.v.resize(c.batch * c.seqlen_k * c.heads_k * c.head_dim_v);
+  for (auto* t : {&in.q, &in.k, &in.v})
+    for (auto& x : *t) x = dist(rng);
+  return in;
+}
+
+AttentionParams make_params(const Case& c, const Inputs& in, std::vector<float>* out, std::vector<float>* lse) {
+  AttentionParams p;
+  p.batch = c.batch;
+  p.seqlen_q = c.seqlen_q;
+  p.seqlen_k = c.seqlen_k;
+  p.heads_q = c.heads_q;
+  p.heads_k = c.heads_k;
+  p.head_dim = c.head_dim;
+  p.head_dim_v = c.head_dim_v;
+  p.causal = c.causal;
+  p.window_left = c.left;
+  p.window_right = c.right;
+  p.scale = 1.0f / std::sqrt(float(c.head_dim));
+  p.q = in.q.data();
+  p.k = in.k.data();
+  p.v = in.v.data();
+  out->assign(c.batch * c.seqlen_q * c.heads_q * c.head_dim_v, NAN);
+  lse->assign(c.batch * c.heads_q * c.seqlen_q, NAN);
+  p.out = out->data();
+  p.lse = lse->data();
+  p.q_stride = {c.seqlen_q * c.heads_q * c.head_dim, c.heads_q * c.head_dim, c.head_dim};
+  p.k_stride = {c.seqlen_k * c.heads_k * c.head_dim, c.heads_k * c.head_dim, c.head_dim};
+  p.v_stride = {c.seqlen_k * c.heads_k * c.head_dim_v, c.heads_k * c.head_dim_v, c.head_dim_v};
+  p.out_stride = {c.seqlen_q * c.heads_q * c.head_dim_v, c.heads_q * c.head_dim_v, c.head_dim_v};
+  p.lse_batch_stride = c.heads_q * c.seqlen_q;
+  p.lse_head_stride = c.seqlen_q;
+  return p;
+}
+
+class IsaGuard {
+ public:
+  explicit IsaGuard(CpuIsa isa) : saved_(active_cpu_isa()) { ok_ = set_cpu_isa(isa).ok(); }
+  ~IsaGuard() { set_cpu_isa(saved_); }
+  bool ok() const { return ok_; }
+
+ private:
+  CpuIsa saved_;
+  bool ok_ = false;
+};
+
+void expect_matches_reference(const Case& c, CpuIsa isa) {
+  IsaGuard guard(isa);
+  if (!guard.ok()) GTEST_SKIP() << cpu_isa_name(isa) << " is not available on this CPU";
+  const Inputs in = random_inputs(c, 1234);
+  std::vector<float> out, lse;
+  const AttentionParams p = make_params(c, in, &out, &lse);
+  ASSERT_TRUE(attention_forward(p).ok());
+  std::vector<double> ref_out, ref_lse;
+  testing::naive_attention(p, in.q, in.k, in.v, &ref_out, &ref_lse);
+  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref_out[i], 2e-5) << "out element " << i;
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isinf(ref_lse[i])) ASSERT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "lse element " << i;
+    else ASSERT_NEAR(lse[i], ref_lse[i], 2e-5 * (1 + std::fabs(ref_lse[i]))) << "lse element " << i;
+  }
+}
+
+const Case kCases[] = {
+    {1, 1, 1, 1, 1, 1, 1, false},          {2, 37, 53, 4, 2, 16, 16, false},     {1, 130, 300, 2, 1, 64, 64, false},
+    {1, 130, 300, 2, 1, 64, 64, true},     {1, 300, 130, 2, 2, 32, 48, true},    {1, 65, 65, 3, 1, 80, 24, true},
+    {1, 200, 520, 1, 1, 128, 128, false},  {1, 64, 64, 1, 1, 256, 256, true},    {1, 100, 100, 2, 1, 7, 5, false},
+    {1, 257, 257, 1, 1, 64, 64, false, 40, 3}, {1, 90, 150, 1, 1, 16, 16, false, 0, 0},
+    {1, 300, 100, 1, 1, 16, 16, false, 5, -1},
+};
+
+class AttentionVsReference : public ::testing::TestWithParam<std::tuple<Case, CpuIsa>> {};
+
+TEST_P(AttentionVsReference, MatchesNaiveDouble) {
+  expect_matches_reference(std::get<0>(GetParam()), std::get<1>(GetParam()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sweep, AttentionVsReference,
+                         ::testing::Combine(::testing::ValuesIn(kCases),
+                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512)));
+
+TEST(Attention, BitwiseIdenticalAcrossThreadCounts) {
+  const Case c{2, 333, 333, 4, 2, 64, 64, true};
+  const Inputs in = random_inputs(c, 7);
+  std::vector<float> out1, lse1, out2, lse2;
+  const int saved = num_threads();
+  ASSERT_TRUE(set_num_threads(1).ok());
+  ASSERT_TRUE(attention_forward(make_params(c, in, &out1, &lse1)).ok());
+  ASSERT_TRUE(set_num_threads(3).ok());
+  ASSERT_TRUE(attention_forward(make_params(c, in, &out2, &lse2)).ok());
+  ASSERT_TRUE(set_num_threads(saved).ok());
+  EXPECT_EQ(0, std::memcmp(out1.data(), out2.data(), out1.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(lse1.data(), lse2.data(), lse1.size() * sizeof(float)));
+}
+
+TEST(Attention, EmptyRowsGiveZeroAndMinusInf) {
+  // Sq > Sk with causal bottom-right alignment: the first Sq - Sk queries see no key.
+  const Case c{1, 20, 5, 1, 1, 8, 8, true};
+  const Inputs in = random_inputs(c, 3);
+  std::vector<float> out, lse;
+  ASSERT_TRUE(attention_forward(make_params(c, in, &out, &lse)).ok());
+  for (int i = 0; i < 15; ++i) {
+    EXPECT_TRUE(std::isinf(lse[i]) && lse[i] < 0);
+    for (int d = 0; d < 8; ++d) EXPECT_EQ(out[i * 8 + d], 0.0f);
+  }
+  EXPECT_TRUE(std::isfinite(lse[15]));
+}
+
+TEST(Attention, RejectsBadParams) {
+  const Case c{1, 4, 4, 3, 2, 8, 8, false};
+  const Inputs in = random_inputs(c, 1);
+  std::vector<float> out, lse;
+  AttentionParams p = make_params(c, in, &out, &lse);
+  EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);  // 3 % 2 != 0
+  p.heads_q = 2;
+  p.head_dim = 300;
+  EXPECT_EQ(attention_forward(p).code, StatusCode::kUnsupported);
+  p.head_dim = 8;
+  p.scale = NAN;
+  EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);
+  p.scale = 1.0f;
+  p.causal = true;
+  p.window_right = 2;
+  EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);
+  p.window_right = -1;
+  p.out = nullptr;
+  EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);
+  p.batch = 0;  // empty: nothing to write, so no buffer needed
+  EXPECT_TRUE(attention_forward(p).ok());
+}
+
+TEST(Attention, HalfAndBFloat16MatchFloat32Math) {
+  const Case c{1, 70, 90, 2, 1, 64, 40, false};
+  const Inputs in = random_inputs(c, 11);
+  std::vector<float> out32, lse32;
+  AttentionParams p32 = make_params(c, in, &out32, &lse32);
+  ASSERT_TRUE(attention_forward(p32).ok());
+  for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
+    // Round the float inputs to dt, run both, compare against the float32 run on the rounded inputs.
+    auto to16 = [&](const std::vector<float>& x, std::vector<uint16_t>* h, std::vector<float>* back) {
+      h->resize(x.size());
+      back->resize(x.size());
+      for (size_t i = 0; i < x.size(); ++i) {
+        uint32_t b;
+        std::memcpy(&b, &x[i], 4);
+        if (dt == DType::kBFloat16) {
+          b += 0x7fffu + ((b >> 16) & 1u);
+          (*h)[i] = uint16_t(b >> 16);
+          const uint32_t w = uint32_t((*h)[i]) << 16;
+          std::memcpy(&(*back)[i], &w, 4);
+        } else {
+          const _Float16 f = _Float16(x[i]);
+          std::memcpy(&(*h)[i], &f, 2);
+          (*back)[i] = float(f);
+        }
+      }
+    };
+    Inputs rounded;
+    std::vector<uint16_t> q16, k16, v16;
+    to16(in.q, &q16, &rounded.q);
+    to16(in.k, &k16, &rounded.k);
+    to16(in.v, &v16, &rounded.v);
+    std::vector<float> out_ref, lse_ref;
+    ASSERT_TRUE(attention_forward(make_params(c, rounded, &out_ref, &lse_ref)).ok());
+    std::vector<uint16_t> out16(out_ref.size());
+    std::vector<float> out_unused, lse16;
+    AttentionParams p = make_params(c, rounded, &out_unused, &lse16);
+    p.dtype = dt;
+    p.q = q16.data();
+    p.k = k16.data();
+    p.v = v16.data();
+    p.out = out16.data();
+    ASSERT_TRUE(attention_forward(p).ok());
+    const float tol = dt == DType::kBFloat16 ? 8e-3f : 1e-3f;  // one rounding of the output to dt
+    for (size_t i = 0; i < out16.size(); ++i) {
+      float got;
+      if (dt == DType::kBFloat16) {
+        const uint32_t w = uint32_t(out16[i]) << 16;
+        std::memcpy(&got, &w, 4);
+      } else {
+        _Float16 f;
+        std::memcpy(&f, &out16[i], 2);
+        got = float(f);
+      }
+      ASSERT_NEAR(got, out_ref[i], tol * (1 + std::fabs(out_ref[i]))) << "element " << i;
+    }
+    for (size_t i = 0; i < lse16.size(); ++i) ASSERT_FLOAT_EQ(lse16[i], lse_ref[i]);
+  }
+}
+
+}  // namespace
+}  // namespace longattn
