@@ -30,35 +30,63 @@ constexpr int kMR = 4, kNV = 4;
 #elif defined(LONGATTN_ISA_AVX2)
 constexpr int kMR = 6, kNV = 2;  // 12 accumulators + 2 loads + 1 broadcast = 15 of 16 ymm registers
 #else
-constexpr int kMR = 8, kNV = 2;  // 16 accumulators of 32 zmm registers
+#ifndef LONGATTN_AVX512_MR
+#define LONGATTN_AVX512_MR 8
+#define LONGATTN_AVX512_NV 2
+#endif
+constexpr int kMR = LONGATTN_AVX512_MR, kNV = LONGATTN_AVX512_NV;  // 16 accumulators of 32 zmm registers
 #endif
 constexpr int kNR = kNV * Vec::kWidth;
-constexpr int kBlockQ = 64;   // queries per work item (a multiple of kNR)
-constexpr int kBlockK = 256;  // keys per tile
+#ifndef LONGATTN_BLOCK_Q
+#define LONGATTN_BLOCK_Q 64
+#endif
+#ifndef LONGATTN_BLOCK_K
+#define LONGATTN_BLOCK_K 64
+#endif
+constexpr int kBlockQ = LONGATTN_BLOCK_Q;  // queries per work item (a multiple of kNR)
+constexpr int kBlockK = LONGATTN_BLOCK_K;  // keys per tile
 static_assert(kBlockQ % kNR == 0, "the query tile must be a whole number of micro-kernel columns");
+
+// The micro-kernels are forced inline into their loops: compiled out of line, GCC 12 keeps the AVX2 accumulator
+// array in memory and stores it every iteration (measured: ~35% slower).
+#define LONGATTN_ALWAYS_INLINE inline __attribute__((always_inline))
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// A work item covers kSubTiles query tiles of one (batch, query head). Each K/V tile is converted and packed once
+// and then met by every sub-tile: the packing (a strided read of K and V) is paid once per kSubTiles * kBlockQ
+// queries, while the per-sub-tile state (Qᵀ, O, m, l) stays small enough for L2.
+#ifndef LONGATTN_SUB_TILES
+#define LONGATTN_SUB_TILES 4
+#endif
+constexpr int kSubTiles = LONGATTN_SUB_TILES;
+constexpr int64_t kQueriesPerItem = int64_t(kSubTiles) * kBlockQ;
+
 // Scratch floats one thread needs for `p` (the dispatcher allocates it, so no allocation happens in this file).
 struct WorkspaceLayout {
-  int64_t qt, st, o, m, l, alpha, kbuf, vbuf, total;
+  int64_t qt, o, m, l, st, alpha, kbuf, vbuf, total;
+  int64_t qt_size, o_size;  // per sub-tile
   explicit WorkspaceLayout(const AttentionParams& p) {
     const int64_t dv_pad = round_up(p.head_dim_v, kNR);
     int64_t at = 0;
     auto take = [&](int64_t n) { const int64_t here = at; at += round_up(n, 16); return here; };
-    qt = take(p.head_dim * kBlockQ);   // Qᵀ (head_dim, kBlockQ), scaled
-    st = take(int64_t(kBlockK) * kBlockQ);  // Sᵀ then Pᵀ (kBlockK, kBlockQ)
-    o = take(int64_t(kBlockQ) * dv_pad);    // O accumulator (kBlockQ, dv_pad)
-    m = take(kBlockQ);
-    l = take(kBlockQ);
-    alpha = take(kBlockQ);
-    kbuf = take(int64_t(kBlockK) * p.head_dim);  // K tile as float32 (kBlockK, head_dim), non-f32 inputs only
-    vbuf = take(int64_t(kBlockK) * dv_pad);      // V tile as float32 (kBlockK, dv_pad) when V can't be read in place
+    qt_size = round_up(p.head_dim * kBlockQ, 16);
+    o_size = round_up(kBlockQ * dv_pad, 16);
+    qt = take(kSubTiles * qt_size);              // Qᵀ (head_dim, kBlockQ) per sub-tile, scaled
+    o = take(kSubTiles * o_size);                // O accumulator (kBlockQ, dv_pad) per sub-tile
+    m = take(kSubTiles * kBlockQ);               // running max per query, log2 units
+    l = take(kSubTiles * kBlockQ);               // running sum per query
+    st = take(int64_t(kBlockK) * kBlockQ);       // Sᵀ then Pᵀ (kBlockK, kBlockQ)
+    alpha = take(kBlockQ);                       // rescale factor of the current tile
+    kbuf = take(int64_t(kBlockK) * p.head_dim);  // K tile as float32 (kBlockK, head_dim)
+    vbuf = take(int64_t(kBlockK) * dv_pad);      // V tile as float32 (kBlockK, dv_pad), zero-padded columns
     total = at;
   }
 };
 
-inline int64_t num_query_tiles(const AttentionParams& p) { return (p.seqlen_q + kBlockQ - 1) / kBlockQ; }
+inline int64_t num_query_groups(const AttentionParams& p) {
+  return (p.seqlen_q + kQueriesPerItem - 1) / kQueriesPerItem;
+}
 
 // ---- element conversion ------------------------------------------------------------------------------------------
 template <DType T> struct Elem;
@@ -119,7 +147,7 @@ inline void store_row(const float* src, int64_t n, float mul, typename Elem<T>::
 // St[r, 0:kNR] = sum_d K[r, d] * Qt[d, 0:kNR]  for r < MR.
 //   k  (MR, head_dim) row stride ldk;  qt (head_dim, kNR) row stride kBlockQ;  st (MR, kNR) row stride kBlockQ
 template <int MR>
-inline void qk_microkernel(const float* k, int64_t ldk, int64_t head_dim, const float* qt, float* st) {
+LONGATTN_ALWAYS_INLINE void qk_microkernel(const float* k, int64_t ldk, int64_t head_dim, const float* qt, float* st) {
   using Reg = typename Vec::Reg;
   Reg acc[MR][kNV];
   for (int r = 0; r < MR; ++r)
@@ -139,7 +167,7 @@ inline void qk_microkernel(const float* k, int64_t ldk, int64_t head_dim, const 
 // O[r, 0:kNR] = O[r, 0:kNR] * alpha[r] + sum_j Pt[j, r] * V[j, 0:kNR]  for r < MR.
 //   pt (nk, MR) row stride kBlockQ;  v (nk, kNR) row stride ldv;  o (MR, kNR) row stride ldo
 template <int MR>
-inline void pv_microkernel(const float* pt, int64_t nk, const float* v, int64_t ldv, float* o, int64_t ldo,
+LONGATTN_ALWAYS_INLINE void pv_microkernel(const float* pt, int64_t nk, const float* v, int64_t ldv, float* o, int64_t ldo,
                            const float* alpha) {
   using Reg = typename Vec::Reg;
   Reg acc[MR][kNV];
@@ -178,135 +206,173 @@ template <int MR> struct PvRows {
   }
 };
 
+// ---- online softmax ------------------------------------------------------------------------------------------------
+// One SIMD lane per query (column of St): m_new = max(m, max_j St[j]), alpha = 2^(m - m_new),
+// P[j] = 2^(St[j] - m_new) written over St, l = l * alpha + sum_j P[j]. kSoftmaxCols vectors of columns are done
+// together so the max and sum chains of different columns overlap instead of waiting on each other's latency.
+constexpr int kSoftmaxCols = 4;
+
+inline void online_softmax_update(float* st, int64_t nk, int64_t nq_pad, float* m, float* l, float* alpha) {
+  using Reg = typename Vec::Reg;
+  constexpr int W = Vec::kWidth;
+  for (int64_t c = 0; c < nq_pad; c += kSoftmaxCols * W) {
+    const int cols = int(std::min<int64_t>(kSoftmaxCols, (nq_pad - c) / W));
+    Reg m_new[kSoftmaxCols], m_use[kSoftmaxCols], sum[kSoftmaxCols];
+    for (int v = 0; v < kSoftmaxCols; ++v) m_new[v] = v < cols ? Vec::load(m + c + v * W) : Vec::zero();
+    for (int64_t j = 0; j < nk; ++j)
+      for (int v = 0; v < kSoftmaxCols; ++v)
+        if (v < cols) m_new[v] = Vec::max(m_new[v], Vec::load(st + j * kBlockQ + c + v * W));
+    for (int v = 0; v < kSoftmaxCols; ++v) {
+      m_use[v] = Vec::finite_or_zero(m_new[v]);
+      sum[v] = Vec::zero();
+    }
+    for (int64_t j = 0; j < nk; ++j)
+      for (int v = 0; v < kSoftmaxCols; ++v)
+        if (v < cols) {
+          float* sj = st + j * kBlockQ + c + v * W;
+          const Reg pj = Vec::exp2(Vec::sub(Vec::load(sj), m_use[v]));
+          Vec::store(sj, pj);
+          sum[v] = Vec::add(sum[v], pj);
+        }
+    for (int v = 0; v < cols; ++v) {
+      const Reg a = Vec::exp2(Vec::sub(Vec::load(m + c + v * W), m_use[v]));
+      Vec::store(l + c + v * W, Vec::fmadd(Vec::load(l + c + v * W), a, sum[v]));
+      Vec::store(m + c + v * W, m_new[v]);
+      Vec::store(alpha + c + v * W, a);
+    }
+  }
+}
+
+// Prefetch `bytes` from p into L2, one request per cache line.
+inline void prefetch_row(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(c + at, 0, 2);
+}
+
 // ---- one work item -------------------------------------------------------------------------------------------------
+// Qt[d, c] = Q[c, d] * qscale for c < nq; padded columns up to nq_pad are zero (finite scores, never written out).
+template <DType T>
+inline void pack_query_tile(const typename Elem<T>::Storage* q, int64_t ldq, int64_t nq, int64_t nq_pad, int64_t D,
+                            float qscale, float* row, float* qt) {
+  for (int64_t c = 0; c < nq_pad; ++c) {
+    if (c < nq) load_row_f32<T>(q + c * ldq, D, qscale, row);
+    else std::fill(row, row + D, 0.0f);
+    for (int64_t d = 0; d < D; ++d) qt[d * kBlockQ + c] = row[d];
+  }
+}
+
+// One query tile meets keys [j0, j0 + nk) of the packed K/V tile (kt, vt already offset to j0).
+inline void attend_key_block(const SlidingWindowPolicy& policy, int64_t i0, int64_t nq, int64_t j0, int64_t nk,
+                             int64_t D, int64_t dv_pad, const float* kt, const float* vt, const float* qt, float* st,
+                             float* o, float* m, float* l, float* alpha) {
+  const int64_t nq_pad = round_up(nq, kNR);
+  // St = K · Qᵀ : (nk, nq_pad). A block of kMR key rows stays in L1 while it meets every query panel.
+  int64_t j = 0;
+  for (; j + kMR <= nk; j += kMR)
+    for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR) qk_microkernel<kMR>(kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
+  if (j < nk)
+    for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
+      with_rows<QkRows>(int(nk - j), kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
+
+  // Keys the policy hides from some queries of this block get -inf.
+  if (!policy.block_fully_visible(i0, i0 + nq, j0, j0 + nk)) {
+    for (int64_t jj = 0; jj < nk; ++jj) {
+      int64_t q_first, q_last;
+      policy.visible_queries(j0 + jj, &q_first, &q_last);
+      const int64_t c_first = std::clamp<int64_t>(q_first - i0, 0, nq_pad);
+      const int64_t c_last = std::clamp<int64_t>(q_last - i0 + 1, c_first, nq_pad);
+      float* row = st + jj * kBlockQ;
+      std::fill(row, row + c_first, -INFINITY);
+      std::fill(row + c_last, row + nq_pad, -INFINITY);
+    }
+  }
+
+  online_softmax_update(st, nk, nq_pad, m, l, alpha);
+
+  // O = O * alpha + P · V : (nq, dv_pad)
+  for (int64_t n0 = 0; n0 < dv_pad; n0 += kNR) {
+    int64_t c = 0;
+    for (; c + kMR <= nq; c += kMR)
+      pv_microkernel<kMR>(st + c, nk, vt + n0, dv_pad, o + c * dv_pad + n0, dv_pad, alpha + c);
+    if (c < nq) with_rows<PvRows>(int(nq - c), st + c, nk, vt + n0, dv_pad, o + c * dv_pad + n0, dv_pad, alpha + c);
+  }
+}
+
 template <DType T>
 void attention_work_item(const AttentionParams& p, int64_t item, float* ws) {
   using S = typename Elem<T>::Storage;
   const WorkspaceLayout lay(p);
-  const int64_t n_qtiles = num_query_tiles(p);
-  const int64_t b = item / (p.heads_q * n_qtiles);
-  const int64_t h = (item / n_qtiles) % p.heads_q;
-  const int64_t i0 = (item % n_qtiles) * kBlockQ;
-  const int64_t nq = std::min<int64_t>(kBlockQ, p.seqlen_q - i0);
-  const int64_t nq_pad = round_up(nq, kNR);
+  const int64_t n_groups = num_query_groups(p);
+  const int64_t b = item / (p.heads_q * n_groups);
+  const int64_t h = (item / n_groups) % p.heads_q;
+  const int64_t g0 = (item % n_groups) * kQueriesPerItem;  // first query of the item
   const int64_t hk = h / (p.heads_q / p.heads_k);
   const int64_t D = p.head_dim, Dv = p.head_dim_v, dv_pad = round_up(Dv, kNR);
-
-  float* qt = ws + lay.qt;  // (D, kBlockQ)
-  float* st = ws + lay.st;  // (kBlockK, kBlockQ)
-  float* o = ws + lay.o;    // (kBlockQ, dv_pad)
-  float* m = ws + lay.m;    // (kBlockQ) running max, log2 units
-  float* l = ws + lay.l;    // (kBlockQ) running sum
-  float* alpha = ws + lay.alpha;
+  const int n_sub = int(std::min<int64_t>(kSubTiles, (p.seqlen_q - g0 + kBlockQ - 1) / kBlockQ));
 
   const SlidingWindowPolicy policy(p.seqlen_q, p.seqlen_k, p.causal, p.window_left, p.window_right);
-  int64_t k_begin, k_end;
-  policy.key_range(i0, i0 + nq, &k_begin, &k_end);
-
-  // Qt[d, c] = Q[i0 + c, d] * scale * log2(e); padded query columns are zero (finite scores, never written out).
-  {
-    const S* q = static_cast<const S*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head + i0 * p.q_stride.seq;
-    const float qscale = p.scale * 1.4426950408889634f;
-    float* row = st;  // borrow the score tile as a staging row
-    for (int64_t c = 0; c < nq_pad; ++c) {
-      if (c < nq) load_row_f32<T>(q + c * p.q_stride.seq, D, qscale, row);
-      else std::fill(row, row + D, 0.0f);
-      for (int64_t d = 0; d < D; ++d) qt[d * kBlockQ + c] = row[d];
-    }
-  }
-  std::fill(m, m + kBlockQ, -INFINITY);
-  std::fill(l, l + kBlockQ, 0.0f);
-  std::fill(o, o + kBlockQ * dv_pad, 0.0f);
-
+  const S* q_head = static_cast<const S*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head;
   const S* k_head = static_cast<const S*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
   const S* v_head = static_cast<const S*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
-  const bool v_in_place = T == DType::kFloat32 && Dv % kNR == 0;
+  float* st = ws + lay.st;
+  float* kt = ws + lay.kbuf;
+  float* vt = ws + lay.vbuf;
+  float* alpha = ws + lay.alpha;
+
+  int64_t i0[kSubTiles], nq[kSubTiles], kb[kSubTiles], ke[kSubTiles];
+  const float qscale = p.scale * 1.4426950408889634f;  // scores in log2 units
+  for (int t = 0; t < n_sub; ++t) {
+    i0[t] = g0 + int64_t(t) * kBlockQ;
+    nq[t] = std::min<int64_t>(kBlockQ, p.seqlen_q - i0[t]);
+    policy.key_range(i0[t], i0[t] + nq[t], &kb[t], &ke[t]);
+    pack_query_tile<T>(q_head + i0[t] * p.q_stride.seq, p.q_stride.seq, nq[t], round_up(nq[t], kNR), D, qscale, st,
+                       ws + lay.qt + t * lay.qt_size);
+    std::fill(ws + lay.m + t * kBlockQ, ws + lay.m + (t + 1) * kBlockQ, -INFINITY);
+    std::fill(ws + lay.l + t * kBlockQ, ws + lay.l + (t + 1) * kBlockQ, 0.0f);
+    std::fill(ws + lay.o + t * lay.o_size, ws + lay.o + (t + 1) * lay.o_size, 0.0f);
+  }
+  // Both bounds of the visible range grow with the query index: the item's keys run from the first sub-tile's
+  // start to the last one's end.
+  const int64_t k_begin = kb[0], k_end = std::max(kb[0], ke[n_sub - 1]);
 
   for (int64_t j0 = k_begin; j0 < k_end; j0 += kBlockK) {
     const int64_t nk = std::min<int64_t>(kBlockK, k_end - j0);
-
-    // K tile (nk, D) and V tile (nk, dv_pad) as float32: read in place when possible.
-    const float* kt;
-    int64_t ldk;
-    if constexpr (T == DType::kFloat32) {
-      kt = k_head + j0 * p.k_stride.seq;
-      ldk = p.k_stride.seq;
-    } else {
-      float* kb = ws + lay.kbuf;
-      for (int64_t j = 0; j < nk; ++j) load_row_f32<T>(k_head + (j0 + j) * p.k_stride.seq, D, 1.0f, kb + j * D);
-      kt = kb;
-      ldk = D;
+    // K tile (nk, D) and V tile (nk, dv_pad) copied to contiguous float32 buffers. Even for float32 inputs the
+    // copy pays: rows of a BSHD tensor sit heads*dim apart, a power-of-two stride whose cache lines fall into a
+    // handful of L1 sets, so reading them in place thrashes the cache the micro-kernels depend on.
+    for (int64_t j = 0; j < nk; ++j) {
+      load_row_f32<T>(k_head + (j0 + j) * p.k_stride.seq, D, 1.0f, kt + j * D);
+      load_row_f32<T>(v_head + (j0 + j) * p.v_stride.seq, Dv, 1.0f, vt + j * dv_pad);
+      std::fill(vt + j * dv_pad + Dv, vt + (j + 1) * dv_pad, 0.0f);
     }
-    const float* vt;
-    int64_t ldv;
-    if (v_in_place) {
-      vt = reinterpret_cast<const float*>(v_head) + j0 * p.v_stride.seq;
-      ldv = p.v_stride.seq;
-    } else {
-      float* vb = ws + lay.vbuf;
-      for (int64_t j = 0; j < nk; ++j) {
-        load_row_f32<T>(v_head + (j0 + j) * p.v_stride.seq, Dv, 1.0f, vb + j * dv_pad);
-        std::fill(vb + j * dv_pad + Dv, vb + (j + 1) * dv_pad, 0.0f);
+    // The next tile's rows are scattered over L3/DRAM: request them a slice per sub-tile, so the requests spread
+    // over this tile's compute instead of queueing behind each other, and the next packing finds them in L2.
+    const int64_t nk_next = std::max<int64_t>(0, std::min<int64_t>(kBlockK, k_end - (j0 + nk)));
+    for (int t = 0; t < n_sub; ++t) {
+      for (int64_t j = nk_next * t / n_sub; j < nk_next * (t + 1) / n_sub; ++j) {
+        prefetch_row(k_head + (j0 + nk + j) * p.k_stride.seq, D * int64_t(sizeof(S)));
+        prefetch_row(v_head + (j0 + nk + j) * p.v_stride.seq, Dv * int64_t(sizeof(S)));
       }
-      vt = vb;
-      ldv = dv_pad;
-    }
-
-    // St = K · Qᵀ : (nk, nq_pad)
-    for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR) {
-      int64_t j = 0;
-      for (; j + kMR <= nk; j += kMR) qk_microkernel<kMR>(kt + j * ldk, ldk, D, qt + c0, st + j * kBlockQ + c0);
-      if (j < nk) with_rows<QkRows>(int(nk - j), kt + j * ldk, ldk, D, qt + c0, st + j * kBlockQ + c0);
-    }
-
-    // Keys the policy hides from some queries of this tile get -inf.
-    if (!policy.block_fully_visible(i0, i0 + nq, j0, j0 + nk)) {
-      for (int64_t j = 0; j < nk; ++j) {
-        int64_t q_first, q_last;
-        policy.visible_queries(j0 + j, &q_first, &q_last);
-        const int64_t c_first = std::clamp<int64_t>(q_first - i0, 0, nq_pad);
-        const int64_t c_last = std::clamp<int64_t>(q_last - i0 + 1, c_first, nq_pad);
-        float* row = st + j * kBlockQ;
-        std::fill(row, row + c_first, -INFINITY);
-        std::fill(row + c_last, row + nq_pad, -INFINITY);
-      }
-    }
-
-    // Online softmax, one SIMD lane per query: m_new = max(m, max_j St), P = 2^(St - m_new), l = l*alpha + sum P.
-    for (int64_t c = 0; c < nq_pad; c += Vec::kWidth) {
-      using Reg = typename Vec::Reg;
-      const Reg m_old = Vec::load(m + c);
-      Reg m_new = m_old;
-      for (int64_t j = 0; j < nk; ++j) m_new = Vec::max(m_new, Vec::load(st + j * kBlockQ + c));
-      const Reg m_use = Vec::finite_or_zero(m_new);
-      const Reg a = Vec::exp2(Vec::sub(m_old, m_use));
-      Reg sum = Vec::zero();
-      for (int64_t j = 0; j < nk; ++j) {
-        const Reg pj = Vec::exp2(Vec::sub(Vec::load(st + j * kBlockQ + c), m_use));
-        Vec::store(st + j * kBlockQ + c, pj);
-        sum = Vec::add(sum, pj);
-      }
-      Vec::store(l + c, Vec::fmadd(Vec::load(l + c), a, sum));
-      Vec::store(m + c, m_new);
-      Vec::store(alpha + c, a);
-    }
-
-    // O = O * alpha + P · V : (nq, dv_pad)
-    for (int64_t n0 = 0; n0 < dv_pad; n0 += kNR) {
-      int64_t c = 0;
-      for (; c + kMR <= nq; c += kMR)
-        pv_microkernel<kMR>(st + c, nk, vt + n0, ldv, o + c * dv_pad + n0, dv_pad, alpha + c);
-      if (c < nq) with_rows<PvRows>(int(nq - c), st + c, nk, vt + n0, ldv, o + c * dv_pad + n0, dv_pad, alpha + c);
+      const int64_t lo = std::max(j0, kb[t]), hi = std::min(j0 + nk, ke[t]);
+      if (lo >= hi) continue;
+      attend_key_block(policy, i0[t], nq[t], lo, hi - lo, D, dv_pad, kt + (lo - j0) * D, vt + (lo - j0) * dv_pad,
+                       ws + lay.qt + t * lay.qt_size, st, ws + lay.o + t * lay.o_size, ws + lay.m + t * kBlockQ,
+                       ws + lay.l + t * kBlockQ, alpha);
     }
   }
 
   // out = O / l (a query with no visible key has l = 0 and gets 0); lse = ln(2) * (m + log2(l)).
-  S* out = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head + i0 * p.out_stride.seq;
-  float* lse = p.lse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + i0 : nullptr;
-  for (int64_t c = 0; c < nq; ++c) {
-    const float inv = l[c] == 0.0f ? 0.0f : 1.0f / l[c];
-    store_row<T>(o + c * dv_pad, Dv, inv, out + c * p.out_stride.seq);
-    if (lse) lse[c] = l[c] == 0.0f ? -INFINITY : 0.6931471805599453f * (m[c] + std::log2(l[c]));
+  for (int t = 0; t < n_sub; ++t) {
+    const float* o = ws + lay.o + t * lay.o_size;
+    const float* m = ws + lay.m + t * kBlockQ;
+    const float* l = ws + lay.l + t * kBlockQ;
+    S* out = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head + i0[t] * p.out_stride.seq;
+    float* lse = p.lse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + i0[t] : nullptr;
+    for (int64_t c = 0; c < nq[t]; ++c) {
+      const float inv = l[c] == 0.0f ? 0.0f : 1.0f / l[c];
+      store_row<T>(o + c * dv_pad, Dv, inv, out + c * p.out_stride.seq);
+      if (lse) lse[c] = l[c] == 0.0f ? -INFINITY : 0.6931471805599453f * (m[c] + std::log2(l[c]));
+    }
   }
 }
 

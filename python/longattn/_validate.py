@@ -1,0 +1,80 @@
+"""Argument checks of the public API. Every message names the argument, what was given and what is accepted."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CPU_HEAD_DIMS = range(1, 257)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def check_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {value!r} ({type(value).__name__})")
+
+
+def resolve_scale(scale, head_dim: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale: expected None or a real number, got {scale!r} ({type(scale).__name__})")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale: got {scale}, expected a finite number (or None for 1/sqrt(head_dim))")
+    return scale
+
+
+def check_no_grad(*tensors: torch.Tensor) -> None:
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise NotImplementedError(
+            "longattn has no backward pass yet: call it under torch.no_grad() / torch.inference_mode(), "
+            "or on tensors that do not require grad")
+
+
+def check_qkv(q, k, v) -> None:
+    """SPEC common conventions: q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t)
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D tensor (batch, seq, heads, head_dim), got shape {_shape(t)}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{name}: dtype {t.dtype} is not supported; expected torch.float32, torch.float16 "
+                             "or torch.bfloat16")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v: expected one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v: expected one device, got q {q.device}, k {k.device}, v {v.device}")
+    if q.shape[0] != k.shape[0] or q.shape[0] != v.shape[0]:
+        raise ValueError(f"batch: q, k, v must share dim 0, got q {_shape(q)}, k {_shape(k)}, v {_shape(v)}")
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"k, v: expected the same sequence length (dim 1), got k {_shape(k)}, v {_shape(v)}")
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"k, v: expected the same number of heads (dim 2), got k {_shape(k)}, v {_shape(v)}")
+    hq, hk = q.shape[2], k.shape[2]
+    if hk < 1 or hq % hk != 0:
+        raise ValueError(f"heads: q has {hq} heads and k, v have {hk}; expected the k/v head count to divide the "
+                         "query head count (grouped-query attention)")
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"head_dim: q and k must share dim 3, got q {_shape(q)}, k {_shape(k)}")
+    device = q.device.type
+    if device == "cpu":
+        for name, d in (("head_dim", q.shape[3]), ("head_dim of v", v.shape[3])):
+            if d not in CPU_HEAD_DIMS:
+                raise ValueError(f"{name}: got {d}; the CPU backend supports head dims 1..256")
+    elif device == "cuda":
+        raise ValueError("device: got a CUDA tensor, but this longattn build has no CUDA kernels yet; "
+                         "supported devices: cpu")
+    else:
+        raise ValueError(f"device: got {q.device}; supported devices: cpu")

@@ -1,0 +1,55 @@
+"""Readable float64 oracles of SPEC.md, for tests. Written for reading, not speed: every mask is explicit."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def visible_keys(seqlen_q: int, seqlen_k: int, *, causal: bool = False, window: tuple[int, int] = (-1, -1),
+                 device=None) -> torch.Tensor:
+    """Bool (Sq, Sk): may query i attend key j?
+
+    Query i sits at key position p = i + (Sk - Sq) (bottom-right alignment). It may attend key j iff
+    p - left <= j <= p + right, where a bound of -1 is unbounded; causal is right = 0.
+    """
+    left, right = window
+    if causal:
+        right = 0
+    p = torch.arange(seqlen_q, device=device)[:, None] + (seqlen_k - seqlen_q)
+    j = torch.arange(seqlen_k, device=device)[None, :]
+    ok = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    if left >= 0:
+        ok &= j >= p - left
+    if right >= 0:
+        ok &= j <= p + right
+    return ok
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
+                     scale: float | None = None):
+    """softmax(scale * q kᵀ + mask) v in float64, BSHD layout, GQA by repeating kv heads.
+
+    visible: bool, broadcastable to (B, Hq, Sq, Sk). Returns (out (B, Sq, Hq, Dv) float64, lse (B, Hq, Sq) float64).
+    A row with no visible key gets out = 0 and lse = -inf.
+    """
+    B, Sq, Hq, D = q.shape
+    Hk = k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    q64 = q.double().transpose(1, 2)                                        # (B, Hq, Sq, D)
+    k64 = k.double().transpose(1, 2).repeat_interleave(Hq // Hk, dim=1)    # (B, Hq, Sk, D)
+    v64 = v.double().transpose(1, 2).repeat_interleave(Hq // Hk, dim=1)    # (B, Hq, Sk, Dv)
+    scores = scale * (q64 @ k64.transpose(-1, -2))                          # (B, Hq, Sq, Sk)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)                                   # (B, Hq, Sq)
+    empty = torch.isneginf(lse)
+    probs = torch.exp(scores - lse.masked_fill(empty, 0.0)[..., None])      # exp(-inf) = 0 on empty rows
+    out = probs @ v64                                                       # (B, Hq, Sq, Dv)
+    return out.transpose(1, 2), lse
+
+
+def attention(q, k, v, *, causal: bool = False, scale: float | None = None):
+    """SPEC §1 in float64: returns (out, lse)."""
+    visible = visible_keys(q.shape[1], k.shape[1], causal=causal, device=q.device)
+    return masked_attention(q, k, v, visible, scale)
