@@ -28,18 +28,20 @@ def visible_keys(seqlen_q: int, seqlen_k: int, *, causal: bool = False, window: 
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
-                     scale: float | None = None):
-    """softmax(scale * q kᵀ + mask) v in float64, BSHD layout, GQA by repeating kv heads.
+                     scale: float | None = None, compute_dtype: torch.dtype = torch.float64):
+    """softmax(scale * q kᵀ + mask) v, BSHD layout, GQA by repeating kv heads.
 
-    visible: bool, broadcastable to (B, Hq, Sq, Sk). Returns (out (B, Sq, Hq, Dv) float64, lse (B, Hq, Sq) float64).
+    visible: bool, broadcastable to (B, Hq, Sq, Sk). Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq)) in
+    compute_dtype: float64 for the oracle; the inputs' own dtype measures how much error plain PyTorch makes
+    doing the same math in that precision (the yardstick the tests hold longattn to).
     A row with no visible key gets out = 0 and lse = -inf.
     """
     B, Sq, Hq, D = q.shape
     Hk = k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    q64 = q.double().transpose(1, 2)                                        # (B, Hq, Sq, D)
-    k64 = k.double().transpose(1, 2).repeat_interleave(Hq // Hk, dim=1)    # (B, Hq, Sk, D)
-    v64 = v.double().transpose(1, 2).repeat_interleave(Hq // Hk, dim=1)    # (B, Hq, Sk, Dv)
+    q64 = q.to(compute_dtype).transpose(1, 2)                                      # (B, Hq, Sq, D)
+    k64 = k.to(compute_dtype).transpose(1, 2).repeat_interleave(Hq // Hk, dim=1)  # (B, Hq, Sk, D)
+    v64 = v.to(compute_dtype).transpose(1, 2).repeat_interleave(Hq // Hk, dim=1)  # (B, Hq, Sk, Dv)
     scores = scale * (q64 @ k64.transpose(-1, -2))                          # (B, Hq, Sq, Sk)
     scores = scores.masked_fill(~visible, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)                                   # (B, Hq, Sq)
@@ -49,7 +51,7 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible:
     return out.transpose(1, 2), lse
 
 
-def attention(q, k, v, *, causal: bool = False, scale: float | None = None):
-    """SPEC §1 in float64: returns (out, lse)."""
+def attention(q, k, v, *, causal: bool = False, scale: float | None = None, compute_dtype=torch.float64):
+    """SPEC §1: returns (out, lse), computed in compute_dtype (float64: the oracle)."""
     visible = visible_keys(q.shape[1], k.shape[1], causal=causal, device=q.device)
-    return masked_attention(q, k, v, visible, scale)
+    return masked_attention(q, k, v, visible, scale, compute_dtype)
