@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -106,7 +107,18 @@ TEST_P(AttentionVsReference, MatchesNaiveDouble) {
 
 INSTANTIATE_TEST_SUITE_P(Sweep, AttentionVsReference,
                          ::testing::Combine(::testing::ValuesIn(kCases),
-                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512)));
+                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512)),
+                         [](const ::testing::TestParamInfo<std::tuple<Case, CpuIsa>>& info) {
+                           const Case& c = std::get<0>(info.param);
+                           std::string name = std::string(cpu_isa_name(std::get<1>(info.param))) + "_b" +
+                                              std::to_string(c.batch) + "_sq" + std::to_string(c.seqlen_q) + "_sk" +
+                                              std::to_string(c.seqlen_k) + "_h" + std::to_string(c.heads_q) + "x" +
+                                              std::to_string(c.heads_k) + "_d" + std::to_string(c.head_dim) + "x" +
+                                              std::to_string(c.head_dim_v) + (c.causal ? "_causal" : "");
+                           if (c.left >= 0 || c.right >= 0)
+                             name += "_win" + std::to_string(c.left + 1) + "_" + std::to_string(c.right + 1);
+                           return name + "_" + std::to_string(info.index);
+                         });
 
 TEST(Attention, BitwiseIdenticalAcrossThreadCounts) {
   const Case c{2, 333, 333, 4, 2, 64, 64, true};

@@ -1,0 +1,61 @@
+"""Side-by-side timing helpers shared by `python -m longattn` and benchmarks/ (kept out of the import path)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Sequence
+
+import torch
+
+
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_interleaved(fns: Sequence[Callable[[], object]], *, reps: int = 5, warmup: int = 1,
+                     device="cpu") -> list[float]:
+    """Median seconds per call of each fn, calls interleaved (a, b, a, b, ...) so drift on a noisy machine hits all
+    of them alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[i].append(time.perf_counter() - t0)
+    return [statistics.median(s) for s in samples]
+
+
+def attention_flops(batch: int, heads: int, seqlen_q: int, seqlen_k: int, head_dim: int, causal: bool) -> float:
+    """4·B·H·(visible query-key pairs)·D, counting only pairs the mask lets through (bottom-right causal)."""
+    if causal:
+        offset = seqlen_k - seqlen_q
+        pairs = sum(max(0, min(seqlen_k, i + offset + 1)) for i in range(seqlen_q))
+    else:
+        pairs = seqlen_q * seqlen_k
+    return 4.0 * batch * heads * pairs * head_dim
+
+
+def sdpa_bshd(q, k, v, causal: bool):
+    """torch SDPA on BSHD inputs (it wants BHSD; the transposes are free views)."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
+        enable_gqa=q.shape[2] != k.shape[2])
+    return out.transpose(1, 2)
+
+
+def naive_bshd(q, k, v, causal: bool):
+    """The materialised-softmax baseline: the full (Sq, Sk) score matrix, as a plain PyTorch user would write it."""
+    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    scores = (qh @ kh.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if causal:
+        sq, sk = scores.shape[-2:]
+        mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1) @ vh).transpose(1, 2)

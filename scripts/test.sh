@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every test of longattn, from a fresh clone on a fresh Debian machine:
+#   1. installs what is missing (GoogleTest from Debian, torch 2.13 CPU and the build/test tools from PyPI),
+#   2. builds the C++ core and its GoogleTest suite, runs it through ctest, then again under ASan + UBSan,
+#   3. installs the package (pip install .) and runs the pytest suite.
+# Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+JOBS=${JOBS:-$(nproc)}
+
+sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+echo "== dependencies"
+if [ ! -f /usr/include/gtest/gtest.h ] || ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed apt-get install -y -qq libgtest-dev g++ >/dev/null
+fi
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
+"$PY" -m pip install -q "cmake>=3.24" ninja "scikit-build-core>=0.10" "pybind11>=3" pytest numpy
+
+echo "== C++ tests (GoogleTest via ctest)"
+cmake -S . -B build/cpp-tests -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGATTN_BUILD_TESTS=ON -DLONGATTN_CUDA=OFF >/dev/null
+cmake --build build/cpp-tests -j "$JOBS"
+ctest --test-dir build/cpp-tests --output-on-failure -j "$JOBS"
+
+echo "== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+cmake -S . -B build/cpp-tests-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLONGATTN_BUILD_TESTS=ON \
+  -DLONGATTN_SANITIZE=ON -DLONGATTN_CUDA=OFF >/dev/null
+cmake --build build/cpp-tests-asan -j "$JOBS"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build/cpp-tests-asan --output-on-failure -j "$JOBS"
+
+echo "== Python package and tests"
+"$PY" -m pip install -q .
+"$PY" -m pytest tests/python -q -p no:cacheprovider
