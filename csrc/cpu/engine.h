@@ -57,7 +57,7 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // and then met by every sub-tile: the packing (a strided read of K and V) is paid once per kSubTiles * kBlockQ
 // queries, while the per-sub-tile state (Qᵀ, O, m, l) stays small enough for L2.
 #ifndef LONGATTN_SUB_TILES
-#define LONGATTN_SUB_TILES 4
+#define LONGATTN_SUB_TILES 8
 #endif
 constexpr int kSubTiles = LONGATTN_SUB_TILES;
 constexpr int64_t kQueriesPerItem = int64_t(kSubTiles) * kBlockQ;
