@@ -251,13 +251,18 @@ inline void prefetch_row(const void* p, int64_t bytes) {
 
 // ---- one work item -------------------------------------------------------------------------------------------------
 // Qt[d, c] = Q[c, d] * qscale for c < nq; padded columns up to nq_pad are zero (finite scores, never written out).
+// kWidth query rows at a time are converted into `rows` (kWidth, D), then each Qt row segment is one gather.
 template <DType T>
 inline void pack_query_tile(const typename Elem<T>::Storage* q, int64_t ldq, int64_t nq, int64_t nq_pad, int64_t D,
-                            float qscale, float* row, float* qt) {
-  for (int64_t c = 0; c < nq_pad; ++c) {
-    if (c < nq) load_row_f32<T>(q + c * ldq, D, qscale, row);
-    else std::fill(row, row + D, 0.0f);
-    for (int64_t d = 0; d < D; ++d) qt[d * kBlockQ + c] = row[d];
+                            float qscale, float* rows, float* qt) {
+  constexpr int W = Vec::kWidth;
+  for (int64_t c0 = 0; c0 < nq_pad; c0 += W) {
+    for (int r = 0; r < W; ++r) {
+      float* row = rows + r * D;
+      if (c0 + r < nq) load_row_f32<T>(q + (c0 + r) * ldq, D, qscale, row);
+      else std::fill(row, row + D, 0.0f);
+    }
+    for (int64_t d = 0; d < D; ++d) Vec::store(qt + d * kBlockQ + c0, Vec::gather(rows + d, int32_t(D)));
   }
 }
 
@@ -319,7 +324,8 @@ void attention_work_item(const AttentionParams& p, int64_t item, float* ws) {
   float* vt = ws + lay.vbuf;
   float* alpha = ws + lay.alpha;
 
-  int64_t i0[kSubTiles], nq[kSubTiles], kb[kSubTiles], ke[kSubTiles];
+  int64_t i0[kSubTiles] = {}, nq[kSubTiles] = {}, kb[kSubTiles] = {}, ke[kSubTiles] = {};
+  static_assert(int64_t(kBlockK) * kBlockQ >= Vec::kWidth * 256, "the score tile stages kWidth query rows");
   const float qscale = p.scale * 1.4426950408889634f;  // scores in log2 units
   for (int t = 0; t < n_sub; ++t) {
     i0[t] = g0 + int64_t(t) * kBlockQ;

@@ -78,6 +78,8 @@ struct Vec {
   static Reg load(const float* p) { return *p; }
   static void store(float* p, Reg x) { *p = x; }
   static Reg broadcast(const float* p) { return *p; }
+  // {p[0], p[stride], p[2*stride], ...}
+  static Reg gather(const float* p, int32_t) { return *p; }
   static Reg fmadd(Reg a, Reg b, Reg c) { return a * b + c; }
   static Reg mul(Reg a, Reg b) { return a * b; }
   static Reg add(Reg a, Reg b) { return a + b; }
@@ -108,6 +110,10 @@ struct Vec {
   static Reg load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, Reg x) { _mm256_storeu_ps(p, x); }
   static Reg broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static Reg gather(const float* p, int32_t stride) {
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
+    return _mm256_i32gather_ps(p, idx, 4);
+  }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
   static Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
   static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
@@ -158,6 +164,11 @@ struct Vec {
   static Reg load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, Reg x) { _mm512_storeu_ps(p, x); }
   static Reg broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  static Reg gather(const float* p, int32_t stride) {
+    const __m512i idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(stride));
+    return _mm512_i32gather_ps(idx, p, 4);
+  }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   static Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
   static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }

@@ -56,7 +56,10 @@ ThreadPool::~ThreadPool() { stop_workers(); }
 void ThreadPool::start_workers(int n_workers) {
   owner_pid_ = long(getpid());
   stopping_ = false;
-  for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this, i] { worker_main(i); });
+  // Workers start from the current generation, read here rather than in the new thread: the job recorded under
+  // it belongs to a call that has returned, and a call starting right after this must not be missed.
+  const uint64_t current = generation_;
+  for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this, current] { worker_main(current); });
 }
 
 void ThreadPool::stop_workers() {
@@ -93,8 +96,7 @@ void ThreadPool::run_items(int64_t n, int64_t workspace_floats, const ItemFn& fn
   for (int64_t item = next->fetch_add(1); item < n; item = next->fetch_add(1)) fn(item, ws);
 }
 
-void ThreadPool::worker_main(int) {
-  uint64_t seen = 0;
+void ThreadPool::worker_main(uint64_t seen) {
   std::unique_lock<std::mutex> lock(state_mutex_);
   for (;;) {
     wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });

@@ -33,7 +33,7 @@ class ThreadPool {
   ThreadPool();
   void start_workers(int n_workers);
   void stop_workers();
-  void worker_main(int index);
+  void worker_main(uint64_t seen_generation);
   static void run_items(int64_t n, int64_t workspace_floats, const ItemFn& fn, std::atomic<int64_t>* next);
 
   std::mutex call_mutex_;  // held by the call that owns the workers

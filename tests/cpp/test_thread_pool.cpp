@@ -50,6 +50,18 @@ TEST(ThreadPool, ConcurrentCallersAllFinish) {
   EXPECT_EQ(total.load(), 4 * 50 * (99 * 100 / 2));
 }
 
+TEST(ThreadPool, ResizeThenRunImmediately) {
+  // Regression: workers of a rebuilt pool once re-ran the previous call's job (whose state lived on a returned
+  // stack frame) or missed a job posted before they first took the lock.
+  auto& pool = ThreadPool::instance();
+  for (int rep = 0; rep < 300; ++rep) {
+    pool.set_num_threads(2 + rep % 3);
+    std::atomic<int> count{0};
+    pool.parallel_for(37, 4, [&](int64_t, float*) { count.fetch_add(1); });
+    ASSERT_EQ(count.load(), 37);
+  }
+}
+
 TEST(ThreadPool, ZeroItemsIsANoOp) {
   bool ran = false;
   ThreadPool::instance().parallel_for(0, 8, [&](int64_t, float*) { ran = true; });
