@@ -1,7 +1,7 @@
 // The CPU tiled online-softmax engine (SPEC §1; the iteration/mask policy makes it §2 too).
 //
-// Included once per ISA after simd.h. One work item = (batch, query head, query tile of kBlockQ rows). For each
-// key tile of kBlockK keys that the policy says the query tile touches:
+// Included once per ISA after simd.h. One work item = (batch, query head, kSubTiles query tiles of kBlockQ rows).
+// For each key tile of kBlockK keys that the policy says a query tile touches:
 //
 //   St = K · Qᵀ            St: (nk, kBlockQ), keys are rows, queries are columns   [micro-kernel, MR keys x NR queries]
 //   mask St                only when the (query tile, key tile) block is not wholly visible
@@ -24,7 +24,12 @@
 
 namespace longattn::cpu::LONGATTN_ISA_NAME {
 
-// Register blocking of the two micro-kernels: kMR broadcast rows x kNV vectors of kWidth columns.
+// Tile shape. The defaults were chosen by measurement on a 2-core Sapphire Rapids VM (see the issue notes); each can
+// be overridden with -DLONGATTN_<NAME>=… for tuning experiments.
+//   kMR x kNV*kWidth  register block of both micro-kernels (kMR broadcast rows, kNV vectors of columns)
+//   kBlockQ           queries per tile (columns of the transposed score tile)
+//   kBlockK           keys per tile
+//   kSubTiles         query tiles per work item, sharing each packed K/V tile
 #if defined(LONGATTN_ISA_SCALAR)
 constexpr int kMR = 4, kNV = 4;
 #elif defined(LONGATTN_ISA_AVX2)
@@ -32,19 +37,25 @@ constexpr int kMR = 6, kNV = 2;  // 12 accumulators + 2 loads + 1 broadcast = 15
 #else
 #ifndef LONGATTN_AVX512_MR
 #define LONGATTN_AVX512_MR 8
+#endif
+#ifndef LONGATTN_AVX512_NV
 #define LONGATTN_AVX512_NV 2
 #endif
 constexpr int kMR = LONGATTN_AVX512_MR, kNV = LONGATTN_AVX512_NV;  // 16 accumulators of 32 zmm registers
 #endif
-constexpr int kNR = kNV * Vec::kWidth;
 #ifndef LONGATTN_BLOCK_Q
 #define LONGATTN_BLOCK_Q 64
 #endif
 #ifndef LONGATTN_BLOCK_K
 #define LONGATTN_BLOCK_K 64
 #endif
-constexpr int kBlockQ = LONGATTN_BLOCK_Q;  // queries per work item (a multiple of kNR)
-constexpr int kBlockK = LONGATTN_BLOCK_K;  // keys per tile
+#ifndef LONGATTN_SUB_TILES
+#define LONGATTN_SUB_TILES 8
+#endif
+constexpr int kNR = kNV * Vec::kWidth;
+constexpr int kBlockQ = LONGATTN_BLOCK_Q;
+constexpr int kBlockK = LONGATTN_BLOCK_K;
+constexpr int kSubTiles = LONGATTN_SUB_TILES;
 static_assert(kBlockQ % kNR == 0, "the query tile must be a whole number of micro-kernel columns");
 
 // The micro-kernels are forced inline into their loops: compiled out of line, GCC 12 keeps the AVX2 accumulator
@@ -56,10 +67,6 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // A work item covers kSubTiles query tiles of one (batch, query head). Each K/V tile is converted and packed once
 // and then met by every sub-tile: the packing (a strided read of K and V) is paid once per kSubTiles * kBlockQ
 // queries, while the per-sub-tile state (Qᵀ, O, m, l) stays small enough for L2.
-#ifndef LONGATTN_SUB_TILES
-#define LONGATTN_SUB_TILES 8
-#endif
-constexpr int kSubTiles = LONGATTN_SUB_TILES;
 constexpr int64_t kQueriesPerItem = int64_t(kSubTiles) * kBlockQ;
 
 // Scratch floats one thread needs for `p` (the dispatcher allocates it, so no allocation happens in this file).
