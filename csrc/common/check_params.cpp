@@ -47,8 +47,9 @@ Status check_params(const AttentionParams& p) {
   const bool empty = p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0;
   if (empty) return Status::Ok();
   if (!p.out) return Status::Invalid("out: got a null pointer, expected the output buffer");
-  if (p.seqlen_k > 0 && (!p.q || !p.k || !p.v))
-    return Status::Invalid("q, k, v: got a null pointer, expected the input buffers");
+  if (!p.q) return Status::Invalid("q: got a null pointer, expected the query buffer");
+  if (p.seqlen_k > 0 && (!p.k || !p.v))
+    return Status::Invalid("k, v: got a null pointer, expected the key and value buffers (seqlen_k > 0)");
   return Status::Ok();
 }
 

@@ -164,10 +164,25 @@ TEST(Attention, RejectsBadParams) {
   p.window_right = 2;
   EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);
   p.window_right = -1;
+  p.q = nullptr;
+  EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);
+  p.q = in.q.data();
   p.out = nullptr;
   EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);
   p.batch = 0;  // empty: nothing to write, so no buffer needed
   EXPECT_TRUE(attention_forward(p).ok());
+}
+
+TEST(Attention, NoKeysWritesZeroAndMinusInf) {
+  const Case c{2, 9, 0, 2, 1, 8, 8, false};
+  const Inputs in = random_inputs(c, 5);
+  std::vector<float> out, lse;
+  AttentionParams p = make_params(c, in, &out, &lse);
+  p.k = nullptr;  // seqlen_k = 0: k and v are never read
+  p.v = nullptr;
+  ASSERT_TRUE(attention_forward(p).ok());
+  for (float x : out) EXPECT_EQ(x, 0.0f);
+  for (float x : lse) EXPECT_TRUE(std::isinf(x) && x < 0);
 }
 
 TEST(Attention, HalfAndBFloat16MatchFloat32Math) {
