@@ -97,7 +97,6 @@ struct Vec {
   }
   // m == -inf (a row with no visible key yet) becomes 0 so that exp2(s - m) never computes -inf - -inf.
   static Reg finite_or_zero(Reg m) { return m == -INFINITY ? 0.0f : m; }
-  static float reduce_add(Reg x) { return x; }
 };
 #endif
 
@@ -137,12 +136,6 @@ struct Vec {
   }
   static Reg finite_or_zero(Reg m) {
     return _mm256_andnot_ps(_mm256_cmp_ps(m, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ), m);
-  }
-  static float reduce_add(Reg x) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
   }
   // 8 half / bfloat16 values to float32
   static Reg load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
@@ -193,7 +186,6 @@ struct Vec {
   static Reg finite_or_zero(Reg m) {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(m, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ), m);
   }
-  static float reduce_add(Reg x) { return _mm512_reduce_add_ps(x); }
   static Reg load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
   static Reg load_bf16(const uint16_t* p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
