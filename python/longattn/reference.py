@@ -55,3 +55,39 @@ def attention(q, k, v, *, causal: bool = False, scale: float | None = None, comp
     """SPEC §1: returns (out, lse), computed in compute_dtype (float64: the oracle)."""
     visible = visible_keys(q.shape[1], k.shape[1], causal=causal, device=q.device)
     return masked_attention(q, k, v, visible, scale, compute_dtype)
+
+
+def sliding_window_visible(seqlen_q: int, seqlen_k: int, *, window: tuple[int, int], causal: bool = False,
+                           dilation=1, global_tokens: torch.Tensor | None = None, device=None) -> torch.Tensor:
+    """Bool (B or 1, Hq or 1, Sq, Sk): may query i attend key j under SPEC §2?
+
+    Query i sits at key position p = i + (Sk - Sq). Window part: p - left*dil <= j <= p + right*dil (a bound of -1
+    is unbounded; causal is right = 0) and (j - p) % dil == 0. Global part (Sq == Sk): every query also sees each
+    global key, and a global query sees every key. dilation: an int, or one int per query head.
+    """
+    left, right = window
+    if causal:
+        right = 0
+    dil = torch.as_tensor([dilation] if isinstance(dilation, int) else list(dilation), device=device)
+    dil = dil[:, None, None]                                           # (Hq or 1, 1, 1)
+    p = torch.arange(seqlen_q, device=device)[:, None] + (seqlen_k - seqlen_q)
+    j = torch.arange(seqlen_k, device=device)[None, :]
+    ok = (j - p) % dil == 0                                            # (Hq or 1, Sq, Sk)
+    if left >= 0:
+        ok &= j >= p - left * dil
+    if right >= 0:
+        ok &= j <= p + right * dil
+    ok = ok[None]                                                      # (1, Hq or 1, Sq, Sk)
+    if global_tokens is not None:
+        g = global_tokens.to(device=device, dtype=torch.bool)         # (B, Sk), Sq == Sk
+        ok = ok | g[:, None, None, :] | g[:, None, :, None]
+    return ok
+
+
+def sliding_window_attention(q, k, v, *, window: tuple[int, int], causal: bool = False, dilation=1,
+                             global_tokens: torch.Tensor | None = None, scale: float | None = None,
+                             compute_dtype=torch.float64):
+    """SPEC §2: returns (out, lse), computed in compute_dtype (float64: the oracle)."""
+    visible = sliding_window_visible(q.shape[1], k.shape[1], window=window, causal=causal, dilation=dilation,
+                                     global_tokens=global_tokens, device=q.device)
+    return masked_attention(q, k, v, visible, scale, compute_dtype)
