@@ -44,6 +44,14 @@ Status check_params(const AttentionParams& p) {
   if (p.causal && p.window_right > 0)
     return Status::Invalid(cat("causal=True with window right bound ", p.window_right,
                                " > 0: causal means right = 0; pass right = 0 or -1"));
+  if (p.dilation)
+    for (int64_t h = 0; h < p.heads_q; ++h)
+      if (p.dilation[h] < 1)
+        return Status::Invalid(cat("dilation: got ", p.dilation[h], " for query head ", h,
+                                   ", expected an integer >= 1"));
+  if (p.global_tokens && p.seqlen_q != p.seqlen_k)
+    return Status::Invalid(cat("global_tokens: given with seqlen_q=", p.seqlen_q, " != seqlen_k=", p.seqlen_k,
+                               "; global tokens are defined for self-attention only (seqlen_q == seqlen_k)"));
   const bool empty = p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0;
   if (empty) return Status::Ok();
   if (!p.out) return Status::Invalid("out: got a null pointer, expected the output buffer");

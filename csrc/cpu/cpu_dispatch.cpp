@@ -63,9 +63,10 @@ const CpuKernelTable& kernels_for(CpuIsa isa) {
 
 Status attention_forward(const AttentionParams& p) {
   const CpuKernelTable& k = kernels_for(active_cpu_isa());
-  const int64_t n = k.num_work_items(p);
-  ThreadPool::instance().parallel_for(n, k.workspace_floats(p),
-                                      [&](int64_t item, float* ws) { k.run_work_item(p, item, ws); });
+  const CallPlan plan(p, k.queries_per_item);
+  ThreadPool::instance().parallel_for(int64_t(plan.items.size()), k.workspace_floats(p), [&](int64_t item, float* ws) {
+    k.run_work_item(plan, plan.items[item], ws);
+  });
   return Status::Ok();
 }
 

@@ -21,6 +21,7 @@
 #include "band_policy.h"
 #include "longattn/longattn.h"
 #include "simd.h"
+#include "work_plan.h"
 
 namespace longattn::cpu::LONGATTN_ISA_NAME {
 
@@ -90,10 +91,6 @@ struct WorkspaceLayout {
     total = at;
   }
 };
-
-inline int64_t num_query_groups(const AttentionParams& p) {
-  return (p.seqlen_q + kQueriesPerItem - 1) / kQueriesPerItem;
-}
 
 // ---- element conversion ------------------------------------------------------------------------------------------
 template <DType T> struct Elem;
@@ -257,26 +254,43 @@ inline void prefetch_row(const void* p, int64_t bytes) {
 }
 
 // ---- one work item -------------------------------------------------------------------------------------------------
-// Qt[d, c] = Q[c, d] * qscale for c < nq; padded columns up to nq_pad are zero (finite scores, never written out).
-// kWidth query rows at a time are converted into `rows` (kWidth, D), then each Qt row segment is one gather.
-template <DType T>
-inline void pack_query_tile(const typename Elem<T>::Storage* q, int64_t ldq, int64_t nq, int64_t nq_pad, int64_t D,
-                            float qscale, float* rows, float* qt) {
+// Qt[d, c] = Q[row(c), d] * qscale for c < nq; padded columns up to nq_pad are zero (finite scores, never written
+// out). kWidth query rows at a time are converted into `rows` (kWidth, D), then each Qt row segment is one gather.
+template <DType T, class RowAt>
+inline void pack_query_tile(RowAt row_at, int64_t nq, int64_t nq_pad, int64_t D, float qscale, float* rows,
+                            float* qt) {
   constexpr int W = Vec::kWidth;
   for (int64_t c0 = 0; c0 < nq_pad; c0 += W) {
     for (int r = 0; r < W; ++r) {
       float* row = rows + r * D;
-      if (c0 + r < nq) load_row_f32<T>(q + (c0 + r) * ldq, D, qscale, row);
+      if (c0 + r < nq) load_row_f32<T>(row_at(c0 + r), D, qscale, row);
       else std::fill(row, row + D, 0.0f);
     }
     for (int64_t d = 0; d < D; ++d) Vec::store(qt + d * kBlockQ + c0, Vec::gather(rows + d, int32_t(D)));
   }
 }
 
-// One query tile meets keys [j0, j0 + nk) of the packed K/V tile (kt, vt already offset to j0).
-inline void attend_key_block(const SlidingWindowPolicy& policy, int64_t i0, int64_t nq, int64_t j0, int64_t nk,
-                             int64_t D, int64_t dv_pad, const float* kt, const float* vt, const float* qt, float* st,
-                             float* o, float* m, float* l, float* alpha) {
+// K tile (nk, D) and V tile (nk, dv_pad) copied to contiguous float32 buffers, key j of the tile read from
+// k_at(j) / v_at(j). Even for float32 inputs the copy pays: rows of a BSHD tensor sit heads*dim apart, a
+// power-of-two stride whose cache lines fall into a handful of L1 sets, so reading them in place thrashes the
+// cache the micro-kernels depend on.
+template <DType T, class KAt, class VAt>
+inline void pack_kv_tile(KAt k_at, VAt v_at, int64_t nk, int64_t D, int64_t Dv, int64_t dv_pad, float* kt,
+                         float* vt) {
+  for (int64_t j = 0; j < nk; ++j) {
+    load_row_f32<T>(k_at(j), D, 1.0f, kt + j * D);
+    load_row_f32<T>(v_at(j), Dv, 1.0f, vt + j * dv_pad);
+    std::fill(vt + j * dv_pad + Dv, vt + (j + 1) * dv_pad, 0.0f);
+  }
+}
+
+// One query tile (nq queries) meets nk keys of a packed K/V tile (kt, vt already offset to the first of them).
+// mask_scores(st, nq_pad) sets the scores of hidden (key, query) pairs to -inf, or does nothing when the whole
+// block is visible (the unmasked fast path).
+template <class MaskFn>
+inline void attend_key_block(int64_t nq, int64_t nk, int64_t D, int64_t dv_pad, const float* kt, const float* vt,
+                             const float* qt, float* st, float* o, float* m, float* l, float* alpha,
+                             MaskFn mask_scores) {
   const int64_t nq_pad = round_up(nq, kNR);
   // St = K · Qᵀ : (nk, nq_pad). A block of kMR key rows stays in L1 while it meets every query panel.
   int64_t j = 0;
@@ -286,18 +300,7 @@ inline void attend_key_block(const SlidingWindowPolicy& policy, int64_t i0, int6
     for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
       with_rows<QkRows>(int(nk - j), kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
 
-  // Keys the policy hides from some queries of this block get -inf.
-  if (!policy.block_fully_visible(i0, i0 + nq, j0, j0 + nk)) {
-    for (int64_t jj = 0; jj < nk; ++jj) {
-      int64_t q_first, q_last;
-      policy.visible_queries(j0 + jj, &q_first, &q_last);
-      const int64_t c_first = std::clamp<int64_t>(q_first - i0, 0, nq_pad);
-      const int64_t c_last = std::clamp<int64_t>(q_last - i0 + 1, c_first, nq_pad);
-      float* row = st + jj * kBlockQ;
-      std::fill(row, row + c_first, -INFINITY);
-      std::fill(row + c_last, row + nq_pad, -INFINITY);
-    }
-  }
+  mask_scores(st, nq_pad);
 
   online_softmax_update(st, nk, nq_pad, m, l, alpha);
 
@@ -310,81 +313,148 @@ inline void attend_key_block(const SlidingWindowPolicy& policy, int64_t i0, int6
   }
 }
 
-template <DType T>
-void attention_work_item(const AttentionParams& p, int64_t item, float* ws) {
-  using S = typename Elem<T>::Storage;
-  const WorkspaceLayout lay(p);
-  const int64_t n_groups = num_query_groups(p);
-  const int64_t b = item / (p.heads_q * n_groups);
-  const int64_t h = (item / n_groups) % p.heads_q;
-  const int64_t g0 = (item % n_groups) * kQueriesPerItem;  // first query of the item
-  const int64_t hk = h / (p.heads_q / p.heads_k);
-  const int64_t D = p.head_dim, Dv = p.head_dim_v, dv_pad = round_up(Dv, kNR);
-  const int n_sub = int(std::min<int64_t>(kSubTiles, (p.seqlen_q - g0 + kBlockQ - 1) / kBlockQ));
+// Scores of (key, query) pairs outside the band become -inf: for key row jj (view key j0 + jj), only the
+// queries of visible_queries() keep their score; with `inside` false it is the other way round (global keys:
+// a query already met them in its window, and must count them once).
+inline void mask_band(const SlidingWindowPolicy& band, int64_t u0, int64_t nq_pad, const int64_t* view_key,
+                      int64_t nk, bool inside, float* st) {
+  for (int64_t jj = 0; jj < nk; ++jj) {
+    float* row = st + jj * kBlockQ;
+    if (view_key[jj] < 0) {  // not in this residue class: the window never met it
+      if (!inside) continue;
+      std::fill(row, row + nq_pad, -INFINITY);
+      continue;
+    }
+    int64_t q_first, q_last;
+    band.visible_queries(view_key[jj], &q_first, &q_last);
+    const int64_t c_first = std::clamp<int64_t>(q_first - u0, 0, nq_pad);
+    const int64_t c_last = std::clamp<int64_t>(q_last - u0 + 1, c_first, nq_pad);
+    if (inside) {
+      std::fill(row, row + c_first, -INFINITY);
+      std::fill(row + c_last, row + nq_pad, -INFINITY);
+    } else {
+      std::fill(row + c_first, row + c_last, -INFINITY);
+    }
+  }
+}
 
-  const SlidingWindowPolicy policy(p.seqlen_q, p.seqlen_k, p.causal, p.window_left, p.window_right);
+// Runs one WorkItem of the CallPlan (work_plan.h). The item's view is either a residue class of the head's
+// dilation (strided query and key rows, an undilated band over them, then the batch's global keys) or the head's
+// global query rows (gathered by position, every key visible).
+template <DType T>
+void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) {
+  using S = typename Elem<T>::Storage;
+  const AttentionParams& p = plan.p;
+  const WorkspaceLayout lay(p);
+  const int64_t b = item.batch, h = item.head, hk = h / (p.heads_q / p.heads_k);
+  const int64_t D = p.head_dim, Dv = p.head_dim_v, dv_pad = round_up(Dv, kNR);
+  const bool global_rows = item.residue == kGlobalRows;
+
   const S* q_head = static_cast<const S*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head;
   const S* k_head = static_cast<const S*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
   const S* v_head = static_cast<const S*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
+
+  // The view: view query u is query query_pos(u); view key t is key r + t·d.
+  int64_t n_global = 0;
+  const int64_t* global_pos = plan.has_global() ? plan.globals_of(b, &n_global) : nullptr;
+  const int64_t d = global_rows ? 1 : plan.dilation(h), r = global_rows ? 0 : item.residue;
+  const ResidueClass rc(p.seqlen_q, p.seqlen_k, d, r);
+  const SlidingWindowPolicy band =
+      global_rows ? SlidingWindowPolicy(p.seqlen_k, 0, false, -1, -1)
+                  : SlidingWindowPolicy(rc.num_keys, rc.first_key_pos, p.causal, p.window_left, p.window_right);
+  const int64_t n_view_q = global_rows ? n_global : rc.num_queries;
+  const auto query_pos = [&](int64_t u) { return global_rows ? global_pos[u] : rc.first_query + u * d; };
+  const int64_t k_ld = d * p.k_stride.seq, v_ld = d * p.v_stride.seq;
+  const S* k_view = k_head + r * p.k_stride.seq;
+  const S* v_view = v_head + r * p.v_stride.seq;
+
+  const int64_t g0 = item.first;  // first view query of the item
+  const int n_sub = int(std::min<int64_t>(kSubTiles, (n_view_q - g0 + kBlockQ - 1) / kBlockQ));
   float* st = ws + lay.st;
   float* kt = ws + lay.kbuf;
   float* vt = ws + lay.vbuf;
   float* alpha = ws + lay.alpha;
 
-  int64_t i0[kSubTiles] = {}, nq[kSubTiles] = {}, kb[kSubTiles] = {}, ke[kSubTiles] = {};
+  int64_t u0[kSubTiles] = {}, nq[kSubTiles] = {}, kb[kSubTiles] = {}, ke[kSubTiles] = {};
   static_assert(int64_t(kBlockK) * kBlockQ >= Vec::kWidth * 256, "the score tile stages kWidth query rows");
   const float qscale = p.scale * 1.4426950408889634f;  // scores in log2 units
   for (int t = 0; t < n_sub; ++t) {
-    i0[t] = g0 + int64_t(t) * kBlockQ;
-    nq[t] = std::min<int64_t>(kBlockQ, p.seqlen_q - i0[t]);
-    policy.key_range(i0[t], i0[t] + nq[t], &kb[t], &ke[t]);
-    pack_query_tile<T>(q_head + i0[t] * p.q_stride.seq, p.q_stride.seq, nq[t], round_up(nq[t], kNR), D, qscale, st,
-                       ws + lay.qt + t * lay.qt_size);
+    u0[t] = g0 + int64_t(t) * kBlockQ;
+    nq[t] = std::min<int64_t>(kBlockQ, n_view_q - u0[t]);
+    band.key_range(u0[t], u0[t] + nq[t], &kb[t], &ke[t]);
+    const int64_t first = u0[t];
+    pack_query_tile<T>([&](int64_t c) { return q_head + query_pos(first + c) * p.q_stride.seq; }, nq[t],
+                       round_up(nq[t], kNR), D, qscale, st, ws + lay.qt + t * lay.qt_size);
     std::fill(ws + lay.m + t * kBlockQ, ws + lay.m + (t + 1) * kBlockQ, -INFINITY);
     std::fill(ws + lay.l + t * kBlockQ, ws + lay.l + (t + 1) * kBlockQ, 0.0f);
     std::fill(ws + lay.o + t * lay.o_size, ws + lay.o + (t + 1) * lay.o_size, 0.0f);
   }
-  // Both bounds of the visible range grow with the query index: the item's keys run from the first sub-tile's
-  // start to the last one's end.
-  const int64_t k_begin = kb[0], k_end = std::max(kb[0], ke[n_sub - 1]);
+  const auto attend = [&](int t, int64_t nk, const float* kt_at, const float* vt_at, auto mask_scores) {
+    attend_key_block(nq[t], nk, D, dv_pad, kt_at, vt_at, ws + lay.qt + t * lay.qt_size, st,
+                     ws + lay.o + t * lay.o_size, ws + lay.m + t * kBlockQ, ws + lay.l + t * kBlockQ, alpha,
+                     mask_scores);
+  };
 
+  // The band. Both of its bounds grow with the query index: the item's keys run from the first sub-tile's start
+  // to the last one's end.
+  const int64_t k_begin = kb[0], k_end = std::max(kb[0], ke[n_sub - 1]);
+  int64_t view_key[kBlockK];
   for (int64_t j0 = k_begin; j0 < k_end; j0 += kBlockK) {
     const int64_t nk = std::min<int64_t>(kBlockK, k_end - j0);
-    // K tile (nk, D) and V tile (nk, dv_pad) copied to contiguous float32 buffers. Even for float32 inputs the
-    // copy pays: rows of a BSHD tensor sit heads*dim apart, a power-of-two stride whose cache lines fall into a
-    // handful of L1 sets, so reading them in place thrashes the cache the micro-kernels depend on.
-    for (int64_t j = 0; j < nk; ++j) {
-      load_row_f32<T>(k_head + (j0 + j) * p.k_stride.seq, D, 1.0f, kt + j * D);
-      load_row_f32<T>(v_head + (j0 + j) * p.v_stride.seq, Dv, 1.0f, vt + j * dv_pad);
-      std::fill(vt + j * dv_pad + Dv, vt + (j + 1) * dv_pad, 0.0f);
-    }
+    pack_kv_tile<T>([&](int64_t j) { return k_view + (j0 + j) * k_ld; },
+                    [&](int64_t j) { return v_view + (j0 + j) * v_ld; }, nk, D, Dv, dv_pad, kt, vt);
     // The next tile's rows are scattered over L3/DRAM: request them a slice per sub-tile, so the requests spread
     // over this tile's compute instead of queueing behind each other, and the next packing finds them in L2.
     const int64_t nk_next = std::max<int64_t>(0, std::min<int64_t>(kBlockK, k_end - (j0 + nk)));
     for (int t = 0; t < n_sub; ++t) {
       for (int64_t j = nk_next * t / n_sub; j < nk_next * (t + 1) / n_sub; ++j) {
-        prefetch_row(k_head + (j0 + nk + j) * p.k_stride.seq, D * int64_t(sizeof(S)));
-        prefetch_row(v_head + (j0 + nk + j) * p.v_stride.seq, Dv * int64_t(sizeof(S)));
+        prefetch_row(k_view + (j0 + nk + j) * k_ld, D * int64_t(sizeof(S)));
+        prefetch_row(v_view + (j0 + nk + j) * v_ld, Dv * int64_t(sizeof(S)));
       }
       const int64_t lo = std::max(j0, kb[t]), hi = std::min(j0 + nk, ke[t]);
       if (lo >= hi) continue;
-      attend_key_block(policy, i0[t], nq[t], lo, hi - lo, D, dv_pad, kt + (lo - j0) * D, vt + (lo - j0) * dv_pad,
-                       ws + lay.qt + t * lay.qt_size, st, ws + lay.o + t * lay.o_size, ws + lay.m + t * kBlockQ,
-                       ws + lay.l + t * kBlockQ, alpha);
+      const bool full = band.block_fully_visible(u0[t], u0[t] + nq[t], lo, hi);
+      attend(t, hi - lo, kt + (lo - j0) * D, vt + (lo - j0) * dv_pad, [&](float* s, int64_t nq_pad) {
+        if (full) return;
+        for (int64_t jj = 0; jj < hi - lo; ++jj) view_key[jj] = lo + jj;
+        mask_band(band, u0[t], nq_pad, view_key, hi - lo, /*inside=*/true, s);
+      });
+    }
+  }
+
+  // Global keys (Longformer): every query of a residue class also attends each global key, except one its window
+  // already counted. Global query rows saw every key in the band above.
+  if (!global_rows && n_global > 0) {
+    for (int64_t j0 = 0; j0 < n_global; j0 += kBlockK) {
+      const int64_t nk = std::min<int64_t>(kBlockK, n_global - j0);
+      pack_kv_tile<T>([&](int64_t j) { return k_head + global_pos[j0 + j] * p.k_stride.seq; },
+                      [&](int64_t j) { return v_head + global_pos[j0 + j] * p.v_stride.seq; }, nk, D, Dv, dv_pad,
+                      kt, vt);
+      for (int64_t j = 0; j < nk; ++j) {  // the key's view index in this residue class, or -1
+        const int64_t pos = global_pos[j0 + j];
+        view_key[j] = pos % d == r ? (pos - r) / d : -1;
+      }
+      for (int t = 0; t < n_sub; ++t)
+        attend(t, nk, kt, vt, [&](float* s, int64_t nq_pad) {
+          mask_band(band, u0[t], nq_pad, view_key, nk, /*inside=*/false, s);
+        });
     }
   }
 
   // out = O / l (a query with no visible key has l = 0 and gets 0); lse = ln(2) * (m + log2(l)).
+  // A global query's row is written by its kGlobalRows item, not by its residue class.
   for (int t = 0; t < n_sub; ++t) {
     const float* o = ws + lay.o + t * lay.o_size;
     const float* m = ws + lay.m + t * kBlockQ;
     const float* l = ws + lay.l + t * kBlockQ;
-    S* out = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head + i0[t] * p.out_stride.seq;
-    float* lse = p.lse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + i0[t] : nullptr;
+    S* out = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
+    float* lse = p.lse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride : nullptr;
     for (int64_t c = 0; c < nq[t]; ++c) {
+      const int64_t i = query_pos(u0[t] + c);
+      if (!global_rows && plan.has_global() && plan.is_global(b, i)) continue;
       const float inv = l[c] == 0.0f ? 0.0f : 1.0f / l[c];
-      store_row<T>(o + c * dv_pad, Dv, inv, out + c * p.out_stride.seq);
-      if (lse) lse[c] = l[c] == 0.0f ? -INFINITY : 0.6931471805599453f * (m[c] + std::log2(l[c]));
+      store_row<T>(o + c * dv_pad, Dv, inv, out + i * p.out_stride.seq);
+      if (lse) lse[i] = l[c] == 0.0f ? -INFINITY : 0.6931471805599453f * (m[c] + std::log2(l[c]));
     }
   }
 }

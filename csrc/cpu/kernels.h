@@ -5,14 +5,15 @@
 #include <cstdint>
 
 #include "longattn/longattn.h"
+#include "work_plan.h"
 
 namespace longattn::cpu {
 
 struct CpuKernelTable {
   const char* name;
   int64_t (*workspace_floats)(const AttentionParams&);  // scratch one thread needs
-  int64_t (*num_work_items)(const AttentionParams&);    // independent items: (batch, query head, query tile)
-  void (*run_work_item)(const AttentionParams&, int64_t item, float* workspace);
+  int64_t queries_per_item;                             // how CallPlan cuts a view into work items
+  void (*run_work_item)(const CallPlan&, const WorkItem&, float* workspace);
 };
 
 const CpuKernelTable& scalar_kernels();

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <string>
+#include <vector>
 
 #include "longattn/longattn.h"
 
@@ -43,7 +44,8 @@ void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, 
                           const std::array<int64_t, 3>& q_strides, const std::array<int64_t, 3>& k_strides,
                           const std::array<int64_t, 3>& v_strides, const std::array<int64_t, 3>& out_strides,
                           const std::array<int64_t, 2>& lse_strides, double scale, bool causal, int64_t window_left,
-                          int64_t window_right, uintptr_t stream) {
+                          int64_t window_right, const std::vector<int64_t>& dilation, uintptr_t global_tokens,
+                          const std::array<int64_t, 2>& global_strides, uintptr_t stream) {
   AttentionParams p;
   p.q = reinterpret_cast<const void*>(q);
   p.k = reinterpret_cast<const void*>(k);
@@ -71,6 +73,14 @@ void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, 
   p.causal = causal;
   p.window_left = window_left;
   p.window_right = window_right;
+  // dilation: empty = 1 for every head, else one value per query head.
+  if (!dilation.empty() && int64_t(dilation.size()) != p.heads_q)
+    throw py::value_error("dilation: got " + std::to_string(dilation.size()) + " values, expected one per query head (" +
+                          std::to_string(p.heads_q) + ")");
+  p.dilation = dilation.empty() ? nullptr : dilation.data();
+  p.global_tokens = reinterpret_cast<const uint8_t*>(global_tokens);
+  p.global_batch_stride = global_strides[0];
+  p.global_seq_stride = global_strides[1];
   p.stream = reinterpret_cast<void*>(stream);
   Status st;
   {
@@ -87,7 +97,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("attention_forward", &attention_forward_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("lse"), py::arg("dtype"), py::arg("device"), py::arg("sizes"), py::arg("q_strides"),
         py::arg("k_strides"), py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"),
-        py::arg("scale"), py::arg("causal"), py::arg("window_left"), py::arg("window_right"), py::arg("stream"));
+        py::arg("scale"), py::arg("causal"), py::arg("window_left"), py::arg("window_right"),
+        py::arg("dilation"), py::arg("global_tokens"), py::arg("global_strides"), py::arg("stream"));
   m.def("version", &version);
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", [](int n) { raise_if_error(set_num_threads(n)); });

@@ -12,11 +12,12 @@ import torch
 
 from . import _C
 from ._ops import attention_fwd
-from ._validate import check_bool, check_no_grad, check_qkv, resolve_scale
+from ._validate import (check_bool, check_dilation, check_global_tokens, check_no_grad, check_qkv, check_window,
+                        resolve_scale)
 
 __version__ = _C.version()
 
-__all__ = ["attention", "set_num_threads", "get_num_threads", "capabilities", "__version__"]
+__all__ = ["attention", "sliding_window_attention", "set_num_threads", "get_num_threads", "capabilities", "__version__"]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, scale: float | None = None,
@@ -34,7 +35,33 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     check_bool("return_lse", return_lse)
     scale = resolve_scale(scale, q.shape[3])
     check_no_grad(q, k, v)
-    out, lse = attention_fwd(q, k, v, scale, causal, -1, -1)
+    out, lse = attention_fwd(q, k, v, scale, causal, -1, -1, [], None)
+    return (out, lse) if return_lse else out
+
+
+def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: tuple[int, int],
+                             causal: bool = False, dilation=1, global_tokens: torch.Tensor | None = None,
+                             scale: float | None = None, return_lse: bool = False):
+    """Local attention with Longformer's dilation and global tokens, O(S · window) (SPEC §2).
+
+    window=(left, right), both inclusive (the full window holds left + right + 1 keys), -1 = unbounded on that
+    side; a single int is rejected. Query i sits at key position p = i + (Sk - Sq) and attends key j iff
+    p - left*dil <= j <= p + right*dil and (j - p) % dil == 0. causal=True is right = 0 (causal with right > 0
+    is an error). dilation: an int >= 1, or one per query head. global_tokens: bool (B, S), self-attention only:
+    every query also attends each global key (once), and a global query attends every key.
+    window=(-1, -1) equals attention(); window=(-1, 0) equals attention(causal=True).
+    Peers' window parameters and how they map to this one: docs/window_conventions.md.
+    Shapes, dtypes, GQA, strides, lse and empty rows as in attention().
+    """
+    check_qkv(q, k, v)
+    check_bool("causal", causal)
+    check_bool("return_lse", return_lse)
+    left, right = check_window(window, causal)
+    dilation = check_dilation(dilation, q.shape[2])
+    global_tokens = check_global_tokens(global_tokens, q, k)
+    scale = resolve_scale(scale, q.shape[3])
+    check_no_grad(q, k, v)
+    out, lse = attention_fwd(q, k, v, scale, causal, left, right, dilation, global_tokens)
     return (out, lse) if return_lse else out
 
 

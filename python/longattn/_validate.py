@@ -78,3 +78,68 @@ def check_qkv(q, k, v) -> None:
                          "supported devices: cpu")
     else:
         raise ValueError(f"device: got {q.device}; supported devices: cpu")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_window(window, causal: bool) -> tuple[int, int]:
+    """SPEC §2: window=(left, right), both inclusive, -1 unbounded; causal=True is right = 0."""
+    if _is_int(window):
+        raise ValueError(f"window: got the single number {window!r}; expected a (left, right) pair of ints, "
+                         f"inclusive bounds, e.g. ({window}, {window}) for {window} keys on each side or "
+                         f"({window}, 0) for causal; a single number is ambiguous (total width or one side?)")
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise ValueError(f"window: got {window!r}; expected a (left, right) pair of ints (-1 = unbounded)")
+    for side, x in zip(("left", "right"), window):
+        if not _is_int(x):
+            raise TypeError(f"window: the {side} bound is {x!r} ({type(x).__name__}); expected an int")
+        if x < -1:
+            raise ValueError(f"window: the {side} bound is {x}; expected an int >= 0, or -1 for unbounded")
+    left, right = int(window[0]), int(window[1])
+    if causal and right > 0:
+        raise ValueError(f"window: got right = {right} with causal=True; causal means right = 0: pass "
+                         f"window=({left}, 0), or causal=False for a window that looks {right} keys ahead")
+    return left, right
+
+
+def check_dilation(dilation, heads_q: int) -> list[int]:
+    """An int >= 1 for all heads, or a sequence of one int >= 1 per query head. Returns [] for all ones."""
+    if _is_int(dilation):
+        values = [int(dilation)] * heads_q
+        if dilation < 1:
+            raise ValueError(f"dilation: got {dilation}; expected an int >= 1 (or one int >= 1 per query head)")
+    elif isinstance(dilation, (tuple, list)):
+        if len(dilation) != heads_q:
+            raise ValueError(f"dilation: got {len(dilation)} values {list(dilation)!r}; expected one per query "
+                             f"head ({heads_q}), or a single int for all heads")
+        for h, x in enumerate(dilation):
+            if not _is_int(x):
+                raise TypeError(f"dilation: the value for query head {h} is {x!r} ({type(x).__name__}); "
+                                "expected an int")
+            if x < 1:
+                raise ValueError(f"dilation: got {x} for query head {h}; expected an int >= 1")
+        values = [int(x) for x in dilation]
+    else:
+        raise TypeError(f"dilation: got {dilation!r} ({type(dilation).__name__}); expected an int >= 1 or a "
+                        "sequence of one int per query head")
+    return [] if all(x == 1 for x in values) else values
+
+
+def check_global_tokens(global_tokens, q: torch.Tensor, k: torch.Tensor):
+    """None, or a bool (B, S) tensor on the inputs' device, for self-attention (Sq == Sk)."""
+    if global_tokens is None:
+        return None
+    check_tensor("global_tokens", global_tokens)
+    if global_tokens.dtype != torch.bool:
+        raise ValueError(f"global_tokens: dtype {global_tokens.dtype}; expected torch.bool (True = global)")
+    B, Sq, Sk = q.shape[0], q.shape[1], k.shape[1]
+    if Sq != Sk:
+        raise ValueError(f"global_tokens: given with Sq = {Sq} != Sk = {Sk}; global tokens are defined for "
+                         "self-attention only (Sq == Sk)")
+    if tuple(global_tokens.shape) != (B, Sk):
+        raise ValueError(f"global_tokens: got shape {_shape(global_tokens)}; expected (batch, seq) = ({B}, {Sk})")
+    if global_tokens.device != q.device:
+        raise ValueError(f"global_tokens: on {global_tokens.device}; expected the inputs' device {q.device}")
+    return global_tokens

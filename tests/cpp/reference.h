@@ -6,7 +6,6 @@
 #include <limits>
 #include <vector>
 
-#include "band_policy.h"
 #include "longattn/longattn.h"
 
 namespace longattn::testing {
@@ -16,7 +15,15 @@ inline void naive_attention(const AttentionParams& p, const std::vector<float>& 
                             const std::vector<float>& v, std::vector<double>* out, std::vector<double>* lse) {
   const int64_t B = p.batch, Sq = p.seqlen_q, Sk = p.seqlen_k, Hq = p.heads_q, Hk = p.heads_k;
   const int64_t D = p.head_dim, Dv = p.head_dim_v;
-  const SlidingWindowPolicy policy(Sq, Sk, p.causal, p.window_left, p.window_right);
+  // SPEC §2 written out, independent of the engine's policy objects.
+  const int64_t left = p.window_left, right = p.causal ? 0 : p.window_right;
+  const auto visible = [&](int64_t b, int64_t h, int64_t i, int64_t j) {
+    if (p.global_tokens && (p.global_tokens[b * p.global_batch_stride + j * p.global_seq_stride] ||
+                            p.global_tokens[b * p.global_batch_stride + i * p.global_seq_stride]))
+      return true;
+    const int64_t dil = p.dilation ? p.dilation[h] : 1, pos = i + Sk - Sq;
+    return (j - pos) % dil == 0 && (left < 0 || j >= pos - left * dil) && (right < 0 || j <= pos + right * dil);
+  };
   out->assign(B * Sq * Hq * Dv, 0.0);
   lse->assign(B * Hq * Sq, -std::numeric_limits<double>::infinity());
   std::vector<double> s(Sk);
@@ -26,11 +33,11 @@ inline void naive_attention(const AttentionParams& p, const std::vector<float>& 
       for (int64_t i = 0; i < Sq; ++i) {
         double mx = -INFINITY;
         for (int64_t j = 0; j < Sk; ++j) {
-          const bool visible = j >= policy.lo(i) && j <= policy.hi(i);
+          const bool vis = visible(b, h, i, j);
           double dot = 0;
           for (int64_t d = 0; d < D; ++d)
             dot += double(q[((b * Sq + i) * Hq + h) * D + d]) * double(k[((b * Sk + j) * Hk + hk) * D + d]);
-          s[j] = visible ? dot * p.scale : -INFINITY;
+          s[j] = vis ? dot * p.scale : -INFINITY;
           mx = std::max(mx, s[j]);
         }
         if (mx == -INFINITY) continue;

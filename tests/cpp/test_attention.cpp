@@ -17,10 +17,13 @@ struct Case {
   int64_t batch, seqlen_q, seqlen_k, heads_q, heads_k, head_dim, head_dim_v;
   bool causal;
   int64_t left = -1, right = -1;
+  std::vector<int64_t> dilation = {};                  // per query head; empty = 1
+  std::vector<std::pair<int64_t, int64_t>> global = {};  // (batch, position) of each global token
 };
 
 struct Inputs {
   std::vector<float> q, k, v;
+  std::vector<uint8_t> global;  // (batch, seqlen_k) bytes, empty = none
 };
 
 Inputs random_inputs(const Case& c, uint32_t seed) {
@@ -32,6 +35,10 @@ Inputs random_inputs(const Case& c, uint32_t seed) {
   in.v.resize(c.batch * c.seqlen_k * c.heads_k * c.head_dim_v);
   for (auto* t : {&in.q, &in.k, &in.v})
     for (auto& x : *t) x = dist(rng);
+  if (!c.global.empty()) {
+    in.global.assign(c.batch * c.seqlen_k, 0);
+    for (const auto& [b, pos] : c.global) in.global[b * c.seqlen_k + pos] = 1;
+  }
   return in;
 }
 
@@ -61,6 +68,12 @@ AttentionParams make_params(const Case& c, const Inputs& in, std::vector<float>*
   p.out_stride = {c.seqlen_q * c.heads_q * c.head_dim_v, c.heads_q * c.head_dim_v, c.head_dim_v};
   p.lse_batch_stride = c.heads_q * c.seqlen_q;
   p.lse_head_stride = c.seqlen_q;
+  p.dilation = c.dilation.empty() ? nullptr : c.dilation.data();
+  if (!in.global.empty()) {
+    p.global_tokens = in.global.data();
+    p.global_batch_stride = c.seqlen_k;
+    p.global_seq_stride = 1;
+  }
   return p;
 }
 
@@ -97,6 +110,26 @@ const Case kCases[] = {
     {1, 200, 520, 1, 1, 128, 128, false},  {1, 64, 64, 1, 1, 256, 256, true},    {1, 100, 100, 2, 1, 7, 5, false},
     {1, 257, 257, 1, 1, 64, 64, false, 40, 3}, {1, 90, 150, 1, 1, 16, 16, false, 0, 0},
     {1, 300, 100, 1, 1, 16, 16, false, 5, -1},
+    // dilation: per head, Sq != Sk both ways, causal, larger than the sequence
+    {1, 150, 150, 2, 1, 32, 32, false, 3, 3, {1, 3}},
+    {2, 100, 170, 2, 2, 16, 16, false, 4, 2, {2, 5}},
+    {1, 170, 100, 2, 1, 16, 16, false, 70, -1, {2, 3}},
+    {1, 200, 200, 1, 1, 24, 24, true, 5, 0, {3}},
+    {1, 90, 90, 2, 2, 8, 8, false, -1, 1, {1000, 7}},
+    // global tokens: edges and middle, different per batch, many (more than a key tile), with dilation and causal
+    {2, 200, 200, 2, 1, 32, 32, false, 8, 8, {}, {{0, 0}, {0, 77}, {0, 199}, {1, 100}}},
+    {1, 300, 300, 2, 2, 16, 16, true, 6, 0, {1, 2}, {{0, 5}, {0, 150}, {0, 151}, {0, 290}}},
+    {1, 256, 256, 1, 1, 64, 64, false, -1, -1, {}, {{0, 3}, {0, 200}}},
+    {1, 130, 130, 1, 1, 16, 16, false, 2, 2, {3}, {{0, 0}, {0, 3}, {0, 6}, {0, 9}, {0, 12}, {0, 15}, {0, 18},
+                                                   {0, 21}, {0, 24}, {0, 27}, {0, 30}, {0, 33}, {0, 36}, {0, 39},
+                                                   {0, 42}, {0, 45}, {0, 48}, {0, 51}, {0, 54}, {0, 57}, {0, 60},
+                                                   {0, 63}, {0, 66}, {0, 69}, {0, 72}, {0, 75}, {0, 78}, {0, 81},
+                                                   {0, 84}, {0, 87}, {0, 90}, {0, 93}, {0, 96}, {0, 99}, {0, 102},
+                                                   {0, 105}, {0, 108}, {0, 111}, {0, 114}, {0, 117}, {0, 120},
+                                                   {0, 123}, {0, 126}, {0, 129}, {0, 1}, {0, 2}, {0, 4}, {0, 5},
+                                                   {0, 7}, {0, 8}, {0, 10}, {0, 11}, {0, 13}, {0, 14}, {0, 16},
+                                                   {0, 17}, {0, 19}, {0, 20}, {0, 22}, {0, 23}, {0, 25}, {0, 26},
+                                                   {0, 28}, {0, 29}, {0, 31}, {0, 32}, {0, 34}, {0, 35}, {0, 37}}},
 };
 
 class AttentionVsReference : public ::testing::TestWithParam<std::tuple<Case, CpuIsa>> {};
@@ -117,6 +150,8 @@ INSTANTIATE_TEST_SUITE_P(Sweep, AttentionVsReference,
                                               std::to_string(c.head_dim_v) + (c.causal ? "_causal" : "");
                            if (c.left >= 0 || c.right >= 0)
                              name += "_win" + std::to_string(c.left + 1) + "_" + std::to_string(c.right + 1);
+                           if (!c.dilation.empty()) name += "_dil" + std::to_string(c.dilation.back());
+                           if (!c.global.empty()) name += "_global" + std::to_string(c.global.size());
                            return name + "_" + std::to_string(info.index);
                          });
 
@@ -164,6 +199,20 @@ TEST(Attention, RejectsBadParams) {
   p.window_right = 2;
   EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);
   p.window_right = -1;
+  p.window_left = -2;
+  EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);
+  p.window_left = 3;
+  const int64_t dilation[2] = {1, 0};
+  p.dilation = dilation;
+  EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);
+  p.dilation = nullptr;
+  const uint8_t global[5] = {1, 0, 0, 0, 0};
+  p.global_tokens = global;
+  p.global_seq_stride = 1;
+  p.seqlen_k = 5;  // global tokens need seqlen_q == seqlen_k
+  EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);
+  p.seqlen_k = 4;
+  p.global_tokens = nullptr;
   p.q = nullptr;
   EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);
   p.q = in.q.data();

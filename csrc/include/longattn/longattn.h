@@ -42,8 +42,9 @@ struct BshdStrides {
 //   v   (batch, seqlen_k, heads_k, head_dim_v)    out (batch, seqlen_q, heads_q, head_dim_v)
 //   lse (batch, heads_q, seqlen_q) float32, optional (nullptr = not written)
 // Key j is visible to query i (sitting at key position p = i + seqlen_k - seqlen_q) iff
-//   p - window_left <= j <= p + window_right    (a side set to -1 is unbounded)
-// `causal` is the same as window_right = 0 (bottom-right aligned, SPEC §1).
+//   p - window_left*dil <= j <= p + window_right*dil  and  (j - p) % dil == 0   (a side set to -1 is unbounded)
+// where dil is the query head's dilation (1 unless `dilation` is given), or iff j or i is a global token
+// (Longformer, self-attention only). `causal` is the same as window_right = 0 (bottom-right aligned, SPEC §1, §2).
 struct AttentionParams {
   const void* q = nullptr;
   const void* k = nullptr;
@@ -70,6 +71,14 @@ struct AttentionParams {
   bool causal = false;
   int64_t window_left = -1;   // sliding-window bounds (SPEC §2), inclusive; -1 = unbounded
   int64_t window_right = -1;
+  // Dilation per query head (SPEC §2): heads_q values, each >= 1, owned by the caller; nullptr = 1 for all heads.
+  const int64_t* dilation = nullptr;
+  // Longformer global tokens (SPEC §2), only with seqlen_q == seqlen_k: bytes (batch, seqlen_k), nonzero = global,
+  // strides in elements; nullptr = none. Every query also sees each global key (once, even inside its window);
+  // a global query sees every key.
+  const uint8_t* global_tokens = nullptr;
+  int64_t global_batch_stride = 0;
+  int64_t global_seq_stride = 0;
 
   void* stream = nullptr;  // cudaStream_t for Device::kCuda; ignored on the CPU
 };
