@@ -63,7 +63,7 @@ const CpuKernelTable& kernels_for(CpuIsa isa) {
 
 Status attention_forward(const AttentionParams& p) {
   const CpuKernelTable& k = kernels_for(active_cpu_isa());
-  const CallPlan plan(p, k.queries_per_item);
+  const CallPlan plan(p, k.queries_per_group, ThreadPool::instance().num_threads());
   ThreadPool::instance().parallel_for(int64_t(plan.items.size()), k.workspace_floats(p), [&](int64_t item, float* ws) {
     k.run_work_item(plan, plan.items[item], ws);
   });

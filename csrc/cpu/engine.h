@@ -65,29 +65,42 @@ static_assert(kBlockQ % kNR == 0, "the query tile must be a whole number of micr
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// A work item covers kSubTiles query tiles of one (batch, query head). Each K/V tile is converted and packed once
-// and then met by every sub-tile: the packing (a strided read of K and V) is paid once per kSubTiles * kBlockQ
-// queries, while the per-sub-tile state (Qᵀ, O, m, l) stays small enough for L2.
-constexpr int64_t kQueriesPerItem = int64_t(kSubTiles) * kBlockQ;
+// A query group is kSubTiles query tiles of one view. Each K/V tile is converted and packed once and then met by
+// every sub-tile of the group: the packing (a strided read of K and V) is paid once per kSubTiles * kBlockQ queries,
+// while the per-sub-tile state (Qᵀ, O, m, l) stays small enough for L2. A work item is a run of consecutive
+// groups (CallPlan); packed tiles are cached across them, so with a bounded band, where neighbouring groups share
+// most of their keys, each key is packed about once per item.
+constexpr int64_t kQueriesPerGroup = int64_t(kSubTiles) * kBlockQ;
+
+// The tile cache holds up to kMaxCachedTiles packed K/V tiles, fewer for wide heads (about kTileCacheBytes).
+constexpr int kMaxCachedTiles = 32;
+constexpr int64_t kTileCacheBytes = int64_t(1) << 20;
 
 // Scratch floats one thread needs for `p` (the dispatcher allocates it, so no allocation happens in this file).
 struct WorkspaceLayout {
-  int64_t qt, o, m, l, st, alpha, kbuf, vbuf, total;
+  int64_t qt, o, m, l, st, alpha, kcache, vcache, kglobal, vglobal, total;
   int64_t qt_size, o_size;  // per sub-tile
+  int64_t k_tile, v_tile;   // floats of one packed K / V tile
+  int cached_tiles;
   explicit WorkspaceLayout(const AttentionParams& p) {
     const int64_t dv_pad = round_up(p.head_dim_v, kNR);
     int64_t at = 0;
     auto take = [&](int64_t n) { const int64_t here = at; at += round_up(n, 16); return here; };
     qt_size = round_up(p.head_dim * kBlockQ, 16);
     o_size = round_up(kBlockQ * dv_pad, 16);
-    qt = take(kSubTiles * qt_size);              // Qᵀ (head_dim, kBlockQ) per sub-tile, scaled
-    o = take(kSubTiles * o_size);                // O accumulator (kBlockQ, dv_pad) per sub-tile
-    m = take(kSubTiles * kBlockQ);               // running max per query, log2 units
-    l = take(kSubTiles * kBlockQ);               // running sum per query
-    st = take(int64_t(kBlockK) * kBlockQ);       // Sᵀ then Pᵀ (kBlockK, kBlockQ)
-    alpha = take(kBlockQ);                       // rescale factor of the current tile
-    kbuf = take(int64_t(kBlockK) * p.head_dim);  // K tile as float32 (kBlockK, head_dim)
-    vbuf = take(int64_t(kBlockK) * dv_pad);      // V tile as float32 (kBlockK, dv_pad), zero-padded columns
+    k_tile = round_up(int64_t(kBlockK) * p.head_dim, 16);
+    v_tile = round_up(int64_t(kBlockK) * dv_pad, 16);
+    cached_tiles = int(std::clamp<int64_t>(kTileCacheBytes / (4 * (k_tile + v_tile)), 2, kMaxCachedTiles));
+    qt = take(kSubTiles * qt_size);            // Qᵀ (head_dim, kBlockQ) per sub-tile, scaled
+    o = take(kSubTiles * o_size);              // O accumulator (kBlockQ, dv_pad) per sub-tile
+    m = take(kSubTiles * kBlockQ);             // running max per query, log2 units
+    l = take(kSubTiles * kBlockQ);             // running sum per query
+    st = take(int64_t(kBlockK) * kBlockQ);     // Sᵀ then Pᵀ (kBlockK, kBlockQ)
+    alpha = take(kBlockQ);                     // rescale factor of the current tile
+    kcache = take(cached_tiles * k_tile);      // K tiles as float32 (kBlockK, head_dim)
+    vcache = take(cached_tiles * v_tile);      // V tiles as float32 (kBlockK, dv_pad), zero-padded columns
+    kglobal = take(k_tile);                    // one tile of gathered global keys
+    vglobal = take(v_tile);
     total = at;
   }
 };
@@ -253,6 +266,7 @@ inline void prefetch_row(const void* p, int64_t bytes) {
   for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(c + at, 0, 2);
 }
 
+
 // ---- one work item -------------------------------------------------------------------------------------------------
 // Qt[d, c] = Q[row(c), d] * qscale for c < nq; padded columns up to nq_pad are zero (finite scores, never written
 // out). kWidth query rows at a time are converted into `rows` (kWidth, D), then each Qt row segment is one gather.
@@ -284,32 +298,53 @@ inline void pack_kv_tile(KAt k_at, VAt v_at, int64_t nk, int64_t D, int64_t Dv, 
   }
 }
 
+// Visible keys [lo[c], hi[c]) of each query column c of a block on a band edge, in block-local key indices; both
+// ends grow with c. The micro-kernels skip the (key rows x query panel) and (query rows x keys) pieces that lie
+// wholly outside: on the two edge tiles of a band this halves the work. Skipped scores are masked anyway, and a
+// skipped P·V term is an exact zero, so the result bits do not change.
+struct ColumnRanges {
+  int32_t lo[kBlockQ], hi[kBlockQ];
+};
+
 // One query tile (nq queries) meets nk keys of a packed K/V tile (kt, vt already offset to the first of them).
 // mask_scores(st, nq_pad) sets the scores of hidden (key, query) pairs to -inf, or does nothing when the whole
-// block is visible (the unmasked fast path).
+// block is visible (the unmasked fast path). ranges: null, or the visible interval of each column (band edges).
 template <class MaskFn>
 inline void attend_key_block(int64_t nq, int64_t nk, int64_t D, int64_t dv_pad, const float* kt, const float* vt,
                              const float* qt, float* st, float* o, float* m, float* l, float* alpha,
-                             MaskFn mask_scores) {
+                             MaskFn mask_scores, const ColumnRanges* ranges) {
   const int64_t nq_pad = round_up(nq, kNR);
+  // Key rows [j, j + rows) meet query panel c0 unless every column of the panel sees none of them.
+  const auto rows_meet_panel = [&](int64_t j, int64_t rows, int64_t c0) {
+    if (!ranges) return true;
+    const int64_t c_last = std::min<int64_t>(c0 + kNR, nq) - 1;
+    return c0 <= c_last && j < ranges->hi[c_last] && j + rows > ranges->lo[c0];
+  };
   // St = K · Qᵀ : (nk, nq_pad). A block of kMR key rows stays in L1 while it meets every query panel.
   int64_t j = 0;
   for (; j + kMR <= nk; j += kMR)
-    for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR) qk_microkernel<kMR>(kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
+    for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
+      if (rows_meet_panel(j, kMR, c0)) qk_microkernel<kMR>(kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
   if (j < nk)
     for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
-      with_rows<QkRows>(int(nk - j), kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
+      if (rows_meet_panel(j, nk - j, c0)) with_rows<QkRows>(int(nk - j), kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
 
   mask_scores(st, nq_pad);
 
   online_softmax_update(st, nk, nq_pad, m, l, alpha);
 
-  // O = O * alpha + P · V : (nq, dv_pad)
+  // O = O * alpha + P · V : (nq, dv_pad). Query rows [c, c + rows) need only keys [j_lo, j_hi).
   for (int64_t n0 = 0; n0 < dv_pad; n0 += kNR) {
-    int64_t c = 0;
-    for (; c + kMR <= nq; c += kMR)
-      pv_microkernel<kMR>(st + c, nk, vt + n0, dv_pad, o + c * dv_pad + n0, dv_pad, alpha + c);
-    if (c < nq) with_rows<PvRows>(int(nq - c), st + c, nk, vt + n0, dv_pad, o + c * dv_pad + n0, dv_pad, alpha + c);
+    for (int64_t c = 0; c < nq; c += kMR) {
+      const int rows = int(std::min<int64_t>(kMR, nq - c));
+      const int64_t j_lo = ranges ? ranges->lo[c] : 0;
+      const int64_t j_hi = ranges ? std::max<int64_t>(j_lo, ranges->hi[c + rows - 1]) : nk;
+      const float* pt = st + j_lo * kBlockQ + c;
+      const float* v = vt + j_lo * dv_pad + n0;
+      float* oc = o + c * dv_pad + n0;
+      if (rows == kMR) pv_microkernel<kMR>(pt, j_hi - j_lo, v, dv_pad, oc, dv_pad, alpha + c);
+      else with_rows<PvRows>(rows, pt, j_hi - j_lo, v, dv_pad, oc, dv_pad, alpha + c);
+    }
   }
 }
 
@@ -338,9 +373,12 @@ inline void mask_band(const SlidingWindowPolicy& band, int64_t u0, int64_t nq_pa
   }
 }
 
-// Runs one WorkItem of the CallPlan (work_plan.h). The item's view is either a residue class of the head's
-// dilation (strided query and key rows, an undilated band over them, then the batch's global keys) or the head's
-// global query rows (gathered by position, every key visible).
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// Runs one WorkItem of the CallPlan (work_plan.h): the view queries [item.first, item.end), a group of
+// kQueriesPerGroup at a time. The view is either a residue class of the head's dilation (strided query and key
+// rows, an undilated band over them, then the batch's global keys) or the head's global query rows (gathered by
+// position, every key visible).
 template <DType T>
 void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) {
   using S = typename Elem<T>::Storage;
@@ -353,6 +391,8 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
   const S* q_head = static_cast<const S*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head;
   const S* k_head = static_cast<const S*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
   const S* v_head = static_cast<const S*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
+  S* out_head = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
+  float* lse_head = p.lse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride : nullptr;
 
   // The view: view query u is query query_pos(u); view key t is key r + t·d.
   int64_t n_global = 0;
@@ -362,99 +402,123 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
   const SlidingWindowPolicy band =
       global_rows ? SlidingWindowPolicy(p.seqlen_k, 0, false, -1, -1)
                   : SlidingWindowPolicy(rc.num_keys, rc.first_key_pos, p.causal, p.window_left, p.window_right);
-  const int64_t n_view_q = global_rows ? n_global : rc.num_queries;
   const auto query_pos = [&](int64_t u) { return global_rows ? global_pos[u] : rc.first_query + u * d; };
   const int64_t k_ld = d * p.k_stride.seq, v_ld = d * p.v_stride.seq;
   const S* k_view = k_head + r * p.k_stride.seq;
   const S* v_view = v_head + r * p.v_stride.seq;
 
-  const int64_t g0 = item.first;  // first view query of the item
-  const int n_sub = int(std::min<int64_t>(kSubTiles, (n_view_q - g0 + kBlockQ - 1) / kBlockQ));
+  // Key tiles sit on one grid for the whole item, tile m = view keys [origin + m·kBlockK, ... + kBlockK) clipped to
+  // the view, so a tile packed for one group is the same tile for the next. The origin lines the grid up with the
+  // band's left edge (a whole number of tiles before each query tile) when the band has one.
+  const int64_t n_keys = band.seqlen_k;
+  const int64_t origin = band.left < 0 ? 0 : ((item.first + band.offset - band.left) % kBlockK + kBlockK) % kBlockK;
+  const auto tile_begin = [&](int64_t m) { return std::max<int64_t>(0, origin + m * kBlockK); };
+  const auto tile_end = [&](int64_t m) { return std::min<int64_t>(n_keys, origin + (m + 1) * kBlockK); };
+  const int n_slots = lay.cached_tiles;
+  int64_t slot_tile[kMaxCachedTiles];  // which tile each cache slot holds
+  std::fill(slot_tile, slot_tile + n_slots, INT64_MIN);
+  const auto slot_of = [&](int64_t m) { return int(((m % n_slots) + n_slots) % n_slots); };
+
   float* st = ws + lay.st;
-  float* kt = ws + lay.kbuf;
-  float* vt = ws + lay.vbuf;
   float* alpha = ws + lay.alpha;
-
-  int64_t u0[kSubTiles] = {}, nq[kSubTiles] = {}, kb[kSubTiles] = {}, ke[kSubTiles] = {};
-  static_assert(int64_t(kBlockK) * kBlockQ >= Vec::kWidth * 256, "the score tile stages kWidth query rows");
   const float qscale = p.scale * 1.4426950408889634f;  // scores in log2 units
-  for (int t = 0; t < n_sub; ++t) {
-    u0[t] = g0 + int64_t(t) * kBlockQ;
-    nq[t] = std::min<int64_t>(kBlockQ, n_view_q - u0[t]);
-    band.key_range(u0[t], u0[t] + nq[t], &kb[t], &ke[t]);
-    const int64_t first = u0[t];
-    pack_query_tile<T>([&](int64_t c) { return q_head + query_pos(first + c) * p.q_stride.seq; }, nq[t],
-                       round_up(nq[t], kNR), D, qscale, st, ws + lay.qt + t * lay.qt_size);
-    std::fill(ws + lay.m + t * kBlockQ, ws + lay.m + (t + 1) * kBlockQ, -INFINITY);
-    std::fill(ws + lay.l + t * kBlockQ, ws + lay.l + (t + 1) * kBlockQ, 0.0f);
-    std::fill(ws + lay.o + t * lay.o_size, ws + lay.o + (t + 1) * lay.o_size, 0.0f);
-  }
-  const auto attend = [&](int t, int64_t nk, const float* kt_at, const float* vt_at, auto mask_scores) {
-    attend_key_block(nq[t], nk, D, dv_pad, kt_at, vt_at, ws + lay.qt + t * lay.qt_size, st,
-                     ws + lay.o + t * lay.o_size, ws + lay.m + t * kBlockQ, ws + lay.l + t * kBlockQ, alpha,
-                     mask_scores);
-  };
-
-  // The band. Both of its bounds grow with the query index: the item's keys run from the first sub-tile's start
-  // to the last one's end.
-  const int64_t k_begin = kb[0], k_end = std::max(kb[0], ke[n_sub - 1]);
+  static_assert(int64_t(kBlockK) * kBlockQ >= Vec::kWidth * 256, "the score tile stages kWidth query rows");
   int64_t view_key[kBlockK];
-  for (int64_t j0 = k_begin; j0 < k_end; j0 += kBlockK) {
-    const int64_t nk = std::min<int64_t>(kBlockK, k_end - j0);
-    pack_kv_tile<T>([&](int64_t j) { return k_view + (j0 + j) * k_ld; },
-                    [&](int64_t j) { return v_view + (j0 + j) * v_ld; }, nk, D, Dv, dv_pad, kt, vt);
-    // The next tile's rows are scattered over L3/DRAM: request them a slice per sub-tile, so the requests spread
-    // over this tile's compute instead of queueing behind each other, and the next packing finds them in L2.
-    const int64_t nk_next = std::max<int64_t>(0, std::min<int64_t>(kBlockK, k_end - (j0 + nk)));
+
+  for (int64_t g0 = item.first; g0 < item.end; g0 += kQueriesPerGroup) {
+    const int n_sub = int(std::min<int64_t>(kSubTiles, (item.end - g0 + kBlockQ - 1) / kBlockQ));
+    int64_t u0[kSubTiles] = {}, nq[kSubTiles] = {}, kb[kSubTiles] = {}, ke[kSubTiles] = {};
     for (int t = 0; t < n_sub; ++t) {
-      for (int64_t j = nk_next * t / n_sub; j < nk_next * (t + 1) / n_sub; ++j) {
-        prefetch_row(k_view + (j0 + nk + j) * k_ld, D * int64_t(sizeof(S)));
-        prefetch_row(v_view + (j0 + nk + j) * v_ld, Dv * int64_t(sizeof(S)));
-      }
-      const int64_t lo = std::max(j0, kb[t]), hi = std::min(j0 + nk, ke[t]);
-      if (lo >= hi) continue;
-      const bool full = band.block_fully_visible(u0[t], u0[t] + nq[t], lo, hi);
-      attend(t, hi - lo, kt + (lo - j0) * D, vt + (lo - j0) * dv_pad, [&](float* s, int64_t nq_pad) {
-        if (full) return;
-        for (int64_t jj = 0; jj < hi - lo; ++jj) view_key[jj] = lo + jj;
-        mask_band(band, u0[t], nq_pad, view_key, hi - lo, /*inside=*/true, s);
-      });
+      u0[t] = g0 + int64_t(t) * kBlockQ;
+      nq[t] = std::min<int64_t>(kBlockQ, item.end - u0[t]);
+      band.key_range(u0[t], u0[t] + nq[t], &kb[t], &ke[t]);
+      const int64_t first = u0[t];
+      pack_query_tile<T>([&](int64_t c) { return q_head + query_pos(first + c) * p.q_stride.seq; }, nq[t],
+                         round_up(nq[t], kNR), D, qscale, st, ws + lay.qt + t * lay.qt_size);
+      std::fill(ws + lay.m + t * kBlockQ, ws + lay.m + (t + 1) * kBlockQ, -INFINITY);
+      std::fill(ws + lay.l + t * kBlockQ, ws + lay.l + (t + 1) * kBlockQ, 0.0f);
+      std::fill(ws + lay.o + t * lay.o_size, ws + lay.o + (t + 1) * lay.o_size, 0.0f);
     }
-  }
+    const auto attend = [&](int t, int64_t nk, const float* kt_at, const float* vt_at, auto mask_scores,
+                            const ColumnRanges* ranges) {
+      attend_key_block(nq[t], nk, D, dv_pad, kt_at, vt_at, ws + lay.qt + t * lay.qt_size, st,
+                       ws + lay.o + t * lay.o_size, ws + lay.m + t * kBlockQ, ws + lay.l + t * kBlockQ, alpha,
+                       mask_scores, ranges);
+    };
+    ColumnRanges ranges;
 
-  // Global keys (Longformer): every query of a residue class also attends each global key, except one its window
-  // already counted. Global query rows saw every key in the band above.
-  if (!global_rows && n_global > 0) {
-    for (int64_t j0 = 0; j0 < n_global; j0 += kBlockK) {
-      const int64_t nk = std::min<int64_t>(kBlockK, n_global - j0);
-      pack_kv_tile<T>([&](int64_t j) { return k_head + global_pos[j0 + j] * p.k_stride.seq; },
-                      [&](int64_t j) { return v_head + global_pos[j0 + j] * p.v_stride.seq; }, nk, D, Dv, dv_pad,
-                      kt, vt);
-      for (int64_t j = 0; j < nk; ++j) {  // the key's view index in this residue class, or -1
-        const int64_t pos = global_pos[j0 + j];
-        view_key[j] = pos % d == r ? (pos - r) / d : -1;
+    // The band. Both of its bounds grow with the query index: the group's keys run from the first sub-tile's
+    // start to the last one's end.
+    const int64_t k_begin = kb[0], k_end = std::max(kb[0], ke[n_sub - 1]);
+    const int64_t m_first = floor_div(k_begin - origin, kBlockK), m_last = floor_div(k_end - 1 - origin, kBlockK);
+    for (int64_t m = m_first; k_begin < k_end && m <= m_last; ++m) {
+      const int64_t j0 = tile_begin(m), nk = tile_end(m) - j0;
+      float* kt = ws + lay.kcache + slot_of(m) * lay.k_tile;
+      float* vt = ws + lay.vcache + slot_of(m) * lay.v_tile;
+      if (slot_tile[slot_of(m)] != m) {
+        pack_kv_tile<T>([&](int64_t j) { return k_view + (j0 + j) * k_ld; },
+                        [&](int64_t j) { return v_view + (j0 + j) * v_ld; }, nk, D, Dv, dv_pad, kt, vt);
+        slot_tile[slot_of(m)] = m;
       }
-      for (int t = 0; t < n_sub; ++t)
-        attend(t, nk, kt, vt, [&](float* s, int64_t nq_pad) {
-          mask_band(band, u0[t], nq_pad, view_key, nk, /*inside=*/false, s);
-        });
+      // The next tile's rows are scattered over L3/DRAM: unless it is cached, request them a slice per sub-tile,
+      // so the requests spread over this tile's compute and the next packing finds them in L2.
+      const bool next_cached = slot_tile[slot_of(m + 1)] == m + 1;
+      const int64_t next0 = tile_end(m), nk_next = next_cached || m == m_last ? 0 : tile_end(m + 1) - next0;
+      for (int t = 0; t < n_sub; ++t) {
+        for (int64_t j = nk_next * t / n_sub; j < nk_next * (t + 1) / n_sub; ++j) {
+          prefetch_row(k_view + (next0 + j) * k_ld, D * int64_t(sizeof(S)));
+          prefetch_row(v_view + (next0 + j) * v_ld, Dv * int64_t(sizeof(S)));
+        }
+        const int64_t lo = std::max(j0, kb[t]), hi = std::min(j0 + nk, ke[t]);
+        if (lo >= hi) continue;
+        const bool full = band.block_fully_visible(u0[t], u0[t] + nq[t], lo, hi);
+        if (!full)
+          for (int64_t c = 0; c < nq[t]; ++c) {
+            ranges.lo[c] = int32_t(std::clamp<int64_t>(band.lo(u0[t] + c) - lo, 0, hi - lo));
+            ranges.hi[c] = int32_t(std::clamp<int64_t>(band.hi(u0[t] + c) + 1 - lo, ranges.lo[c], hi - lo));
+          }
+        attend(t, hi - lo, kt + (lo - j0) * D, vt + (lo - j0) * dv_pad, [&](float* s, int64_t nq_pad) {
+          if (full) return;
+          for (int64_t jj = 0; jj < hi - lo; ++jj) view_key[jj] = lo + jj;
+          mask_band(band, u0[t], nq_pad, view_key, hi - lo, /*inside=*/true, s);
+        }, full ? nullptr : &ranges);
+      }
     }
-  }
 
-  // out = O / l (a query with no visible key has l = 0 and gets 0); lse = ln(2) * (m + log2(l)).
-  // A global query's row is written by its kGlobalRows item, not by its residue class.
-  for (int t = 0; t < n_sub; ++t) {
-    const float* o = ws + lay.o + t * lay.o_size;
-    const float* m = ws + lay.m + t * kBlockQ;
-    const float* l = ws + lay.l + t * kBlockQ;
-    S* out = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
-    float* lse = p.lse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride : nullptr;
-    for (int64_t c = 0; c < nq[t]; ++c) {
-      const int64_t i = query_pos(u0[t] + c);
-      if (!global_rows && plan.has_global() && plan.is_global(b, i)) continue;
-      const float inv = l[c] == 0.0f ? 0.0f : 1.0f / l[c];
-      store_row<T>(o + c * dv_pad, Dv, inv, out + i * p.out_stride.seq);
-      if (lse) lse[i] = l[c] == 0.0f ? -INFINITY : 0.6931471805599453f * (m[c] + std::log2(l[c]));
+    // Global keys (Longformer): every query of a residue class also attends each global key, except one its
+    // window already counted. Global query rows saw every key in the band above.
+    if (!global_rows && n_global > 0) {
+      float* kt = ws + lay.kglobal;
+      float* vt = ws + lay.vglobal;
+      for (int64_t j0 = 0; j0 < n_global; j0 += kBlockK) {
+        const int64_t nk = std::min<int64_t>(kBlockK, n_global - j0);
+        pack_kv_tile<T>([&](int64_t j) { return k_head + global_pos[j0 + j] * p.k_stride.seq; },
+                        [&](int64_t j) { return v_head + global_pos[j0 + j] * p.v_stride.seq; }, nk, D, Dv,
+                        dv_pad, kt, vt);
+        for (int64_t j = 0; j < nk; ++j) {  // the key's view index in this residue class, or -1
+          const int64_t pos = global_pos[j0 + j];
+          view_key[j] = pos % d == r ? (pos - r) / d : -1;
+        }
+        for (int t = 0; t < n_sub; ++t)
+          attend(t, nk, kt, vt, [&](float* s, int64_t nq_pad) {
+            mask_band(band, u0[t], nq_pad, view_key, nk, /*inside=*/false, s);
+          }, nullptr);
+      }
+    }
+
+    // out = O / l (a query with no visible key has l = 0 and gets 0); lse = ln(2) * (m + log2(l)).
+    // A global query's row is written by its kGlobalRows item, not by its residue class.
+    for (int t = 0; t < n_sub; ++t) {
+      const float* o = ws + lay.o + t * lay.o_size;
+      const float* m = ws + lay.m + t * kBlockQ;
+      const float* l = ws + lay.l + t * kBlockQ;
+      for (int64_t c = 0; c < nq[t]; ++c) {
+        const int64_t i = query_pos(u0[t] + c);
+        if (!global_rows && plan.has_global() && plan.is_global(b, i)) continue;
+        const float inv = l[c] == 0.0f ? 0.0f : 1.0f / l[c];
+        store_row<T>(o + c * dv_pad, Dv, inv, out_head + i * p.out_stride.seq);
+        if (lse_head) lse_head[i] = l[c] == 0.0f ? -INFINITY : 0.6931471805599453f * (m[c] + std::log2(l[c]));
+      }
     }
   }
 }

@@ -12,7 +12,7 @@ namespace longattn::cpu {
 struct CpuKernelTable {
   const char* name;
   int64_t (*workspace_floats)(const AttentionParams&);  // scratch one thread needs
-  int64_t queries_per_item;                             // how CallPlan cuts a view into work items
+  int64_t queries_per_group;                            // the engine's query group (CallPlan)
   void (*run_work_item)(const CallPlan&, const WorkItem&, float* workspace);
 };
 

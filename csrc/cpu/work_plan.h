@@ -1,6 +1,6 @@
 // How one CPU call is cut into independent work items, and what they share.
 //
-// A work item is up to `queries_per_item` consecutive queries of one *view* of a (batch, query head):
+// A work item is a run of consecutive queries of one *view* of a (batch, query head):
 //   - a residue class of the head's dilation (ResidueClass in band_policy.h; the whole head when dilation is 1):
 //     an undilated band problem over strided rows, plus the global keys when there are global tokens;
 //   - or the head's global query rows (kGlobalRows), gathered by position, each attending every key.
@@ -20,7 +20,8 @@ struct WorkItem {
   int32_t batch = 0;
   int32_t head = 0;
   int64_t residue = 0;  // residue class of the head's dilation, or kGlobalRows
-  int64_t first = 0;    // first view query of the item (kGlobalRows: index into the batch's global list)
+  int64_t first = 0;    // view queries [first, end) (kGlobalRows: indices into the batch's global list)
+  int64_t end = 0;
 };
 
 struct CallPlan {
@@ -29,7 +30,9 @@ struct CallPlan {
   std::vector<int64_t> global_index;  // positions of the global tokens, batch after batch, ascending
   std::vector<int64_t> global_begin;  // batch b owns global_index[global_begin[b] .. global_begin[b + 1])
 
-  CallPlan(const AttentionParams& params, int64_t queries_per_item);
+  // queries_per_group: the engine's unit of query work. With a band bounded on both sides, an item chains several
+  // groups (the engine reuses packed key tiles between them), as long as every thread still gets several items.
+  CallPlan(const AttentionParams& params, int64_t queries_per_group, int num_threads);
 
   int64_t dilation(int64_t head) const { return p.dilation ? p.dilation[head] : 1; }
   bool has_global() const { return p.global_tokens != nullptr; }
