@@ -261,3 +261,23 @@ def test_bad_tensors_are_checked_as_for_attention():
     with pytest.raises(ValueError, match=r"heads: q has 4 heads and k, v have 3"):
         k = torch.randn(2, 16, 3, 8)
         longattn.sliding_window_attention(Q, k, k, window=(1, 1))
+
+
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_long_sequence_chained_items(dilation):
+    # Long enough that one work item chains many query groups and reuses cached key tiles; checked against the
+    # oracle on slices (the whole S x S mask would not fit a test), and bit for bit across thread counts (which
+    # changes how items are chained).
+    S, left, right = 16384, 100, 27
+    q, k, v = (bshd(1, S, 2, 32) for _ in range(3))
+    longattn.set_num_threads(1)
+    out = longattn.sliding_window_attention(q, k, v, window=(left, right), dilation=dilation)
+    longattn.set_num_threads(2)
+    assert torch.equal(out, longattn.sliding_window_attention(q, k, v, window=(left, right), dilation=dilation))
+    for a in (0, 5000, S - 700):
+        b = a + 700
+        j0, j1 = max(0, a - left * dilation), min(S, b + right * dilation)
+        i, j = torch.arange(a, b)[:, None], torch.arange(j0, j1)[None, :]
+        visible = (j >= i - left * dilation) & (j <= i + right * dilation) & ((j - i) % dilation == 0)
+        ref, _ = reference.masked_attention(q[:, a:b], k[:, j0:j1], v[:, j0:j1], visible)
+        torch.testing.assert_close(out[:, a:b].double(), ref, rtol=0, atol=2e-6)
