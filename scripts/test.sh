@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test of longattn, from a fresh clone on a fresh Debian machine:
-#   1. installs what is missing (GoogleTest from Debian, torch 2.13 CPU and the build/test tools from PyPI),
+#   1. installs what is missing (GoogleTest from Debian, torch 2.13 CPU, the build/test tools and, as a test-only
+#      oracle, Hugging Face transformers from PyPI),
 #   2. builds the C++ core and its GoogleTest suite, runs it through ctest, then again under ASan + UBSan,
 #   3. installs the package (pip install .) and runs the pytest suite.
 # Exits non-zero on the first failure.
@@ -17,7 +18,8 @@ if [ ! -f /usr/include/gtest/gtest.h ] || ! command -v cmake >/dev/null || ! com
   sudo_if_needed apt-get install -y -qq libgtest-dev g++ >/dev/null
 fi
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
-"$PY" -m pip install -q "cmake>=3.24" ninja "scikit-build-core>=0.10" "pybind11>=3" pytest numpy
+"$PY" -m pip install -q "cmake>=3.24" ninja "scikit-build-core>=0.10" "pybind11>=3" pytest numpy \
+  "transformers==5.24.0"  # test-only: the real Hugging Face Longformer module is an oracle
 
 echo "== C++ tests (GoogleTest via ctest)"
 cmake -S . -B build/cpp-tests -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGATTN_BUILD_TESTS=ON -DLONGATTN_CUDA=OFF >/dev/null

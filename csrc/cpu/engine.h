@@ -451,6 +451,36 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
     // start to the last one's end.
     const int64_t k_begin = kb[0], k_end = std::max(kb[0], ke[n_sub - 1]);
     const int64_t m_first = floor_div(k_begin - origin, kBlockK), m_last = floor_div(k_end - 1 - origin, kBlockK);
+    // Rows of K, V and Q sit heads·dim apart in memory, a stride the hardware prefetchers do not follow, and on a
+    // narrow band little compute hides their latency. So rows are requested ahead, a slice per (tile, sub-tile)
+    // step: while a group runs, the keys only the next group of the item needs and the next group's query rows
+    // (a band: the next group's other keys are already in the tile cache); in an item's first group, and in
+    // groups whose keys are not band-limited, the next uncached tile one tile ahead.
+    const int64_t g1 = g0 + kQueriesPerGroup;  // the next group of this item, if any
+    int64_t ahead_k0 = 0, ahead_k1 = 0, ahead_q = 0;
+    if (g1 < item.end && band.left >= 0) {
+      int64_t next_begin, next_end;
+      band.key_range(g1, std::min(item.end, g1 + kQueriesPerGroup), &next_begin, &next_end);
+      ahead_k0 = std::max(k_end, next_begin);
+      ahead_k1 = std::max(ahead_k0, next_end);
+      ahead_q = std::min(item.end, g1 + kQueriesPerGroup) - g1;
+    }
+    const bool first_group = g0 == item.first;
+    const int64_t n_steps = std::max<int64_t>(1, (m_last - m_first + 1) * n_sub);
+    int64_t step = 0;
+    const auto prefetch_next_group_slice = [&]() {
+      const int64_t n_k = ahead_k1 - ahead_k0, n = n_k + ahead_q;
+      const int64_t from = n * step / n_steps, to = n * (step + 1) / n_steps;
+      ++step;
+      for (int64_t x = from; x < to; ++x) {
+        if (x < n_k) {
+          prefetch_row(k_view + (ahead_k0 + x) * k_ld, D * int64_t(sizeof(S)));
+          prefetch_row(v_view + (ahead_k0 + x) * v_ld, Dv * int64_t(sizeof(S)));
+        } else {
+          prefetch_row(q_head + query_pos(g1 + x - n_k) * p.q_stride.seq, D * int64_t(sizeof(S)));
+        }
+      }
+    };
     for (int64_t m = m_first; k_begin < k_end && m <= m_last; ++m) {
       const int64_t j0 = tile_begin(m), nk = tile_end(m) - j0;
       float* kt = ws + lay.kcache + slot_of(m) * lay.k_tile;
@@ -460,15 +490,16 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
                         [&](int64_t j) { return v_view + (j0 + j) * v_ld; }, nk, D, Dv, dv_pad, kt, vt);
         slot_tile[slot_of(m)] = m;
       }
-      // The next tile's rows are scattered over L3/DRAM: unless it is cached, request them a slice per sub-tile,
-      // so the requests spread over this tile's compute and the next packing finds them in L2.
       const bool next_cached = slot_tile[slot_of(m + 1)] == m + 1;
-      const int64_t next0 = tile_end(m), nk_next = next_cached || m == m_last ? 0 : tile_end(m + 1) - next0;
+      const bool tile_ahead = first_group || band.left < 0;
+      const int64_t next0 = tile_end(m);
+      const int64_t nk_next = !tile_ahead || next_cached || m == m_last ? 0 : tile_end(m + 1) - next0;
       for (int t = 0; t < n_sub; ++t) {
         for (int64_t j = nk_next * t / n_sub; j < nk_next * (t + 1) / n_sub; ++j) {
           prefetch_row(k_view + (next0 + j) * k_ld, D * int64_t(sizeof(S)));
           prefetch_row(v_view + (next0 + j) * v_ld, Dv * int64_t(sizeof(S)));
         }
+        prefetch_next_group_slice();
         const int64_t lo = std::max(j0, kb[t]), hi = std::min(j0 + nk, ke[t]);
         if (lo >= hi) continue;
         const bool full = band.block_fully_visible(u0[t], u0[t] + nq[t], lo, hi);

@@ -1,4 +1,5 @@
-"""`python -m longattn`: what this build can do here, then a quick side-by-side benchmark against torch SDPA."""
+"""`python -m longattn`: what this build can do here, then a quick side-by-side benchmark against torch SDPA
+(dense and causal attention; sliding window against SDPA with a band mask)."""
 
 from __future__ import annotations
 
@@ -40,9 +41,35 @@ def quick_benchmark(seqlens, reps: int) -> None:
                       f"| {t_sdpa / t_la:7.2f}x")
 
 
+def band_pairs(S: int, left: int, right: int) -> int:
+    i = torch.arange(S)
+    return int(((i + right).clamp(max=S - 1) - (i - left).clamp(min=0) + 1).sum())
+
+
+def quick_window_benchmark(seqlens, reps: int, half: int = 256) -> None:
+    print(f"\nsliding window (left = right = {half}, Longformer attention_window={2 * half}), B1 H8 D64: "
+          "longattn.sliding_window_attention vs torch SDPA with a boolean band mask and vs longattn.attention (dense)")
+    print(f"{'dtype':>9} {'S':>6} | {'window ms':>9} {'GFLOP/s':>8} | {'SDPA+mask ms':>12} {'speed-up':>8} "
+          f"| {'dense ms':>8} {'speed-up':>8}")
+    for dtype in (torch.float32, torch.bfloat16):
+        for S in seqlens:
+            q, k, v = (torch.randn(1, S, 8, 64, dtype=dtype) for _ in range(3))
+            i = torch.arange(S)
+            band = (i[None, :] - i[:, None]).abs() <= half
+            t_win, t_sdpa, t_dense = time_interleaved([
+                lambda: longattn.sliding_window_attention(q, k, v, window=(half, half)),
+                lambda: torch.nn.functional.scaled_dot_product_attention(
+                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=band),
+                lambda: longattn.attention(q, k, v)], reps=reps)
+            flops = 4.0 * 8 * band_pairs(S, half, half) * 64
+            print(f"{str(dtype).removeprefix('torch.'):>9} {S:>6} | {t_win * 1e3:9.2f} {flops / t_win / 1e9:8.1f} "
+                  f"| {t_sdpa * 1e3:12.2f} {t_sdpa / t_win:7.2f}x | {t_dense * 1e3:8.2f} {t_dense / t_win:7.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m longattn", description=__doc__)
     parser.add_argument("--seqlens", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--window-seqlens", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-bench", action="store_true", help="only print the capability report")
     args = parser.parse_args()
@@ -50,6 +77,7 @@ def main() -> None:
     if not args.no_bench:
         with torch.inference_mode():
             quick_benchmark(args.seqlens, args.reps)
+            quick_window_benchmark(args.window_seqlens, args.reps)
 
 
 if __name__ == "__main__":
