@@ -23,4 +23,17 @@ Status attention_forward(const AttentionParams& p) {
   return Status::Invalid("device: unknown");
 }
 
+Status lsh_attention_forward(const LshAttentionParams& p) {
+  Status st = check_lsh_params(p);
+  if (!st.ok()) return st;
+  if (p.batch == 0 || p.seqlen == 0 || p.heads == 0) return Status::Ok();  // nothing to write
+  switch (p.device) {
+    case Device::kCpu: return cpu::lsh_attention_forward(p);
+    case Device::kCuda:
+      return Status::Unsupported("device: cuda is not supported yet for lsh_attention (this build has no CUDA "
+                                 "kernels); use CPU tensors");
+  }
+  return Status::Invalid("device: unknown");
+}
+
 }  // namespace longattn

@@ -61,8 +61,10 @@ const CpuKernelTable& kernels_for(CpuIsa isa) {
 
 }  // namespace
 
+const CpuKernelTable& active_kernels() { return kernels_for(active_cpu_isa()); }
+
 Status attention_forward(const AttentionParams& p) {
-  const CpuKernelTable& k = kernels_for(active_cpu_isa());
+  const CpuKernelTable& k = active_kernels();
   const CallPlan plan(p, k.queries_per_group, ThreadPool::instance().num_threads());
   ThreadPool::instance().parallel_for(int64_t(plan.items.size()), k.workspace_floats(p), [&](int64_t item, float* ws) {
     k.run_work_item(plan, plan.items[item], ws);

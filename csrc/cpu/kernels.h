@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "longattn/longattn.h"
+#include "lsh_plan.h"
 #include "work_plan.h"
 
 namespace longattn::cpu {
@@ -14,7 +15,15 @@ struct CpuKernelTable {
   int64_t (*workspace_floats)(const AttentionParams&);  // scratch one thread needs
   int64_t queries_per_group;                            // the engine's query group (CallPlan)
   void (*run_work_item)(const CallPlan&, const WorkItem&, float* workspace);
+  // LSH attention (lsh_plan.h): scratch per thread, and one item of each phase
+  int64_t (*lsh_workspace_floats)(const LshPlan&);
+  void (*lsh_hash_item)(const LshPlan&, int64_t item, float* workspace);
+  void (*lsh_attend_item)(const LshPlan&, int64_t item, float* workspace);
+  void (*lsh_combine_item)(const LshPlan&, int64_t item, float* workspace);
 };
+
+// The table of the active ISA (set_cpu_isa / LONGATTN_CPU_ISA / the best this CPU supports).
+const CpuKernelTable& active_kernels();
 
 const CpuKernelTable& scalar_kernels();
 #if defined(LONGATTN_HAVE_AVX2)

@@ -97,6 +97,9 @@ struct Vec {
   }
   // m == -inf (a row with no visible key yet) becomes 0 so that exp2(s - m) never computes -inf - -inf.
   static Reg finite_or_zero(Reg m) { return m == -INFINITY ? 0.0f : m; }
+  // Lane-wise a < b (or a == b) ? if_true : if_false.
+  static Reg select_lt(Reg a, Reg b, Reg if_true, Reg if_false) { return a < b ? if_true : if_false; }
+  static Reg select_eq(Reg a, Reg b, Reg if_true, Reg if_false) { return a == b ? if_true : if_false; }
 };
 #endif
 
@@ -138,6 +141,12 @@ struct Vec {
     return _mm256_andnot_ps(_mm256_cmp_ps(m, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ), m);
   }
   // 8 half / bfloat16 values to float32
+  static Reg select_lt(Reg a, Reg b, Reg if_true, Reg if_false) {
+    return _mm256_blendv_ps(if_false, if_true, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
+  }
+  static Reg select_eq(Reg a, Reg b, Reg if_true, Reg if_false) {
+    return _mm256_blendv_ps(if_false, if_true, _mm256_cmp_ps(a, b, _CMP_EQ_OQ));
+  }
   static Reg load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
   static Reg load_bf16(const uint16_t* p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
@@ -185,6 +194,12 @@ struct Vec {
   }
   static Reg finite_or_zero(Reg m) {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(m, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ), m);
+  }
+  static Reg select_lt(Reg a, Reg b, Reg if_true, Reg if_false) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), if_false, if_true);
+  }
+  static Reg select_eq(Reg a, Reg b, Reg if_true, Reg if_false) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ), if_false, if_true);
   }
   static Reg load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
   static Reg load_bf16(const uint16_t* p) {

@@ -90,6 +90,55 @@ void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, 
   raise_if_error(st);
 }
 
+// sizes = (batch, seqlen, heads, head_dim, head_dim_v); options = (n_hashes, n_buckets, chunk_length, chunks_before,
+// chunks_after); pointers of optional buffers are 0 when absent.
+void lsh_attention_forward_py(uintptr_t qk, uintptr_t v, uintptr_t out, uintptr_t lse, const std::string& dtype,
+                              const std::string& device, const std::array<int64_t, 5>& sizes,
+                              const std::array<int64_t, 3>& qk_strides, const std::array<int64_t, 3>& v_strides,
+                              const std::array<int64_t, 3>& out_strides, const std::array<int64_t, 2>& lse_strides,
+                              const std::array<int64_t, 5>& options, bool causal, uintptr_t rotations,
+                              uintptr_t buckets_in, uintptr_t buckets_out, uintptr_t key_padding_mask,
+                              const std::array<int64_t, 2>& mask_strides, uintptr_t stream) {
+  LshAttentionParams p;
+  p.qk = reinterpret_cast<const void*>(qk);
+  p.v = reinterpret_cast<const void*>(v);
+  p.out = reinterpret_cast<void*>(out);
+  p.lse = reinterpret_cast<float*>(lse);
+  p.dtype = parse_dtype(dtype);
+  if (device == "cpu") p.device = Device::kCpu;
+  else if (device == "cuda") p.device = Device::kCuda;
+  else throw py::value_error("device: got '" + device + "', expected cpu or cuda");
+  p.batch = sizes[0];
+  p.seqlen = sizes[1];
+  p.heads = sizes[2];
+  p.head_dim = sizes[3];
+  p.head_dim_v = sizes[4];
+  p.qk_stride = strides3(qk_strides);
+  p.v_stride = strides3(v_strides);
+  p.out_stride = strides3(out_strides);
+  p.lse_batch_stride = lse_strides[0];
+  p.lse_head_stride = lse_strides[1];
+  p.n_hashes = options[0];
+  p.n_buckets = options[1];
+  p.chunk_length = options[2];
+  p.chunks_before = options[3];
+  p.chunks_after = options[4];
+  p.causal = causal;
+  p.rotations = reinterpret_cast<const float*>(rotations);
+  p.buckets_in = reinterpret_cast<const int64_t*>(buckets_in);
+  p.buckets_out = reinterpret_cast<int64_t*>(buckets_out);
+  p.key_padding_mask = reinterpret_cast<const uint8_t*>(key_padding_mask);
+  p.mask_batch_stride = mask_strides[0];
+  p.mask_seq_stride = mask_strides[1];
+  p.stream = reinterpret_cast<void*>(stream);
+  Status st;
+  {
+    py::gil_scoped_release release;
+    st = lsh_attention_forward(p);
+  }
+  raise_if_error(st);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -99,6 +148,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("k_strides"), py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"),
         py::arg("scale"), py::arg("causal"), py::arg("window_left"), py::arg("window_right"),
         py::arg("dilation"), py::arg("global_tokens"), py::arg("global_strides"), py::arg("stream"));
+  m.def("lsh_attention_forward", &lsh_attention_forward_py, py::arg("qk"), py::arg("v"), py::arg("out"),
+        py::arg("lse"), py::arg("dtype"), py::arg("device"), py::arg("sizes"), py::arg("qk_strides"),
+        py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"), py::arg("options"), py::arg("causal"),
+        py::arg("rotations"), py::arg("buckets_in"), py::arg("buckets_out"), py::arg("key_padding_mask"),
+        py::arg("mask_strides"), py::arg("stream"));
   m.def("version", &version);
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", [](int n) { raise_if_error(set_num_threads(n)); });

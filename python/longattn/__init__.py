@@ -11,13 +11,14 @@ import os
 import torch
 
 from . import _C
-from ._ops import attention_fwd
-from ._validate import (check_bool, check_dilation, check_global_tokens, check_no_grad, check_qkv, check_window,
+from ._ops import attention_fwd, lsh_attention_fwd
+from ._validate import (check_bool, check_buckets, check_dilation, check_global_tokens, check_int,
+                        check_key_padding_mask, check_no_grad, check_qk_v, check_qkv, check_rotations, check_window,
                         resolve_scale)
 
 __version__ = _C.version()
 
-__all__ = ["attention", "sliding_window_attention", "set_num_threads", "get_num_threads", "capabilities", "__version__"]
+__all__ = ["attention", "sliding_window_attention", "lsh_attention", "lsh_rotations", "set_num_threads", "get_num_threads", "capabilities", "__version__"]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, scale: float | None = None,
@@ -63,6 +64,77 @@ def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     check_no_grad(q, k, v)
     out, lse = attention_fwd(q, k, v, scale, causal, left, right, dilation, global_tokens)
     return (out, lse) if return_lse else out
+
+
+def lsh_rotations(heads: int, head_dim: int, n_hashes: int, n_buckets: int, *, seed: int | None = None,
+                  device=None) -> torch.Tensor:
+    """The random rotations (heads, head_dim, n_hashes, n_buckets // 2) float32 that lsh_attention draws.
+
+    With `seed`, a private generator seeded with it (the global RNG is untouched); these are the numbers Hugging
+    Face's LSHSelfAttention draws after `torch.manual_seed(hash_seed)` (float32 models). Without, the global RNG.
+    """
+    shape = (heads, head_dim, n_hashes, n_buckets // 2)
+    if seed is None:
+        return torch.randn(shape, dtype=torch.float32, device=device)
+    generator = torch.Generator(device=device or "cpu").manual_seed(seed)
+    return torch.randn(shape, dtype=torch.float32, device=device, generator=generator)
+
+
+def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int, n_buckets: int, chunk_length: int,
+                  chunks_before: int = 1, chunks_after: int = 0, causal: bool = False,
+                  rotations: torch.Tensor | None = None, seed: int | None = None, buckets: torch.Tensor | None = None,
+                  key_padding_mask: torch.Tensor | None = None, return_lse: bool = False,
+                  return_buckets: bool = False):
+    """Reformer's shared-QK bucketed-LSH attention (SPEC §3); reproduces Hugging Face LSHSelfAttention.
+
+    qk (B, S, H, D) is both query and key, v (B, S, H, Dv); S a multiple of chunk_length (pad, and mark the
+    padding in key_padding_mask (B, S) bool, True = real token), or S <= chunk_length (then no hashing: one round of
+    ordinary attention). Hashing: n_hashes rounds of argmax(concat(qk R, -qk R)) over n_buckets (even) buckets,
+    with rotations R (H, D, n_hashes, n_buckets // 2) given, or drawn from a private generator seeded with `seed`,
+    or from the global RNG; or pass `buckets` (B, H, n_hashes, S) to skip hashing. Each round's items are sorted by
+    (bucket, position) and cut into chunks; a chunk attends chunks_before chunks back and chunks_after ahead
+    (cyclic). Keys are qk normalised to unit RMS / sqrt(D); queries are raw qk. Scores of padding keys (and later
+    keys when causal) are replaced by -1e9, then the token's own score by -1e5. Rounds combine by log-sum-exp.
+    Returns out (B, S, H, Dv), then lse (B, H, S) float32 if return_lse, then buckets (B, H, n_hashes, S) int64 if
+    return_buckets. Scores are float32 for every input dtype.
+    """
+    check_qk_v(qk, v)
+    B, S, H, D = qk.shape
+    n_hashes = check_int("n_hashes", n_hashes, 1, 64)
+    n_buckets = check_int("n_buckets", n_buckets, 2, 1 << 24)
+    if n_buckets % 2:
+        raise ValueError(f"n_buckets: got {n_buckets}; expected an even number (argmax over xR and -xR)")
+    chunk_length = check_int("chunk_length", chunk_length, 1)
+    chunks_before = check_int("chunks_before", chunks_before, 0, 32)
+    chunks_after = check_int("chunks_after", chunks_after, 0, 32 - chunks_before)
+    for name, value in (("causal", causal), ("return_lse", return_lse), ("return_buckets", return_buckets)):
+        check_bool(name, value)
+    if S > chunk_length and S % chunk_length:
+        padded = -(-S // chunk_length) * chunk_length
+        raise ValueError(f"seq: got S = {S}, not a multiple of chunk_length = {chunk_length}; pad qk and v to "
+                         f"S = {padded} and pass key_padding_mask (B, S) with False on the padding")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed: expected None or an int, got {seed!r} ({type(seed).__name__})")
+    if buckets is not None and (rotations is not None or seed is not None):
+        raise ValueError("buckets: given together with rotations or seed; buckets skip hashing, so give one of "
+                         "buckets, rotations, seed")
+    if rotations is not None and seed is not None:
+        raise ValueError("rotations, seed: both given; seed only draws rotations, so give one of them")
+    key_padding_mask = check_key_padding_mask(key_padding_mask, B, S, qk.device)
+    if buckets is not None:
+        buckets = check_buckets(buckets, B, H, S, n_hashes, n_buckets, qk.device)
+    elif S > chunk_length or return_buckets:  # hashing needed
+        if rotations is None:
+            rotations = lsh_rotations(H, D, n_hashes, n_buckets, seed=seed, device=qk.device)
+        rotations = check_rotations(rotations, H, D, n_hashes, n_buckets, qk.device)
+    else:
+        rotations = None
+    check_no_grad(qk, v)
+    out, lse, buckets_out = lsh_attention_fwd(qk, v, n_hashes, n_buckets, chunk_length, chunks_before,
+                                              chunks_after, causal, rotations, buckets, key_padding_mask,
+                                              return_buckets)
+    result = (out,) + ((lse,) if return_lse else ()) + ((buckets_out,) if return_buckets else ())
+    return result if len(result) > 1 else out
 
 
 def set_num_threads(n: int) -> None:

@@ -60,3 +60,41 @@ def _(q, k, v, scale, causal, window_left, window_right, dilation, global_tokens
     out = q.new_empty((B, Sq, Hq, v.shape[3]))
     lse = q.new_empty((B, Hq, Sq), dtype=torch.float32)
     return out, lse
+
+
+@torch.library.custom_op("longattn::lsh_attention_fwd", mutates_args=())
+def lsh_attention_fwd(qk: torch.Tensor, v: torch.Tensor, n_hashes: int, n_buckets: int, chunk_length: int,
+                      chunks_before: int, chunks_after: int, causal: bool, rotations: Optional[torch.Tensor],
+                      buckets: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
+                      return_buckets: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LSH attention forward (SPEC §3), arguments already validated; rotations float32 and buckets int64 are
+    contiguous. Returns (out (B, S, H, Dv), lse (B, H, S) float32, buckets (B, H, n_hashes, S) int64, or an empty
+    (0,) tensor unless return_buckets)."""
+    B, S, H, D = qk.shape
+    Dv = v.shape[3]
+    out = torch.empty((B, S, H, Dv), dtype=qk.dtype, device=qk.device)
+    lse = torch.empty((B, H, S), dtype=torch.float32, device=qk.device)
+    buckets_out = torch.empty((B, H, n_hashes, S) if return_buckets else (0,), dtype=torch.int64, device=qk.device)
+    if out.numel() == 0 and lse.numel() == 0:
+        return out, lse, buckets_out
+    qk, v = _unit_last_stride(qk), _unit_last_stride(v)
+    m_ptr, m_strides = 0, (0, 0)
+    if key_padding_mask is not None:
+        m_ptr, m_strides = key_padding_mask.data_ptr(), (key_padding_mask.stride(0), key_padding_mask.stride(1))
+    _C.lsh_attention_forward(
+        qk.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), str(qk.dtype).removeprefix("torch."),
+        qk.device.type, (B, S, H, D, Dv), _bsh_strides(qk), _bsh_strides(v), _bsh_strides(out),
+        (lse.stride(0), lse.stride(1)), (n_hashes, n_buckets, chunk_length, chunks_before, chunks_after), causal,
+        0 if rotations is None else rotations.data_ptr(), 0 if buckets is None else buckets.data_ptr(),
+        buckets_out.data_ptr() if return_buckets else 0, m_ptr, m_strides, _stream_handle(qk.device))
+    return out, lse, buckets_out
+
+
+@lsh_attention_fwd.register_fake
+def _(qk, v, n_hashes, n_buckets, chunk_length, chunks_before, chunks_after, causal, rotations, buckets,
+      key_padding_mask, return_buckets):
+    B, S, H, _ = qk.shape
+    out = qk.new_empty((B, S, H, v.shape[3]))
+    lse = qk.new_empty((B, H, S), dtype=torch.float32)
+    buckets_out = qk.new_empty((B, H, n_hashes, S) if return_buckets else (0,), dtype=torch.int64)
+    return out, lse, buckets_out

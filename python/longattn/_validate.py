@@ -143,3 +143,84 @@ def check_global_tokens(global_tokens, q: torch.Tensor, k: torch.Tensor):
     if global_tokens.device != q.device:
         raise ValueError(f"global_tokens: on {global_tokens.device}; expected the inputs' device {q.device}")
     return global_tokens
+
+
+def check_int(name: str, value, minimum: int, maximum: int | None = None, what: str = "") -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name}: expected an int, got {value!r} ({type(value).__name__})")
+    if value < minimum or (maximum is not None and value > maximum):
+        accepted = f">= {minimum}" if maximum is None else f"{minimum}..{maximum}"
+        raise ValueError(f"{name}: got {value}; expected an int {accepted}{what}")
+    return int(value)
+
+
+def check_qk_v(qk, v) -> None:
+    """SPEC §3: qk (B, S, H, D), v (B, S, H, Dv), one dtype and device."""
+    for name, t in (("qk", qk), ("v", v)):
+        check_tensor(name, t)
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D tensor (batch, seq, heads, head_dim), got shape {_shape(t)}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{name}: dtype {t.dtype} is not supported; expected torch.float32, torch.float16 "
+                             "or torch.bfloat16")
+    if qk.dtype != v.dtype:
+        raise ValueError(f"qk, v: expected one dtype, got qk {qk.dtype}, v {v.dtype}")
+    if qk.device != v.device:
+        raise ValueError(f"qk, v: expected one device, got qk {qk.device}, v {v.device}")
+    if tuple(qk.shape[:3]) != tuple(v.shape[:3]):
+        raise ValueError(f"qk, v: expected the same (batch, seq, heads), got qk {_shape(qk)}, v {_shape(v)} "
+                         "(LSH attention shares one qk per head: no grouped-query heads)")
+    if qk.device.type == "cpu":
+        for name, d in (("head_dim", qk.shape[3]), ("head_dim of v", v.shape[3])):
+            if d not in CPU_HEAD_DIMS:
+                raise ValueError(f"{name}: got {d}; the CPU backend supports head dims 1..256")
+    elif qk.device.type == "cuda":
+        raise ValueError("device: got a CUDA tensor, but this longattn build has no CUDA kernels yet; "
+                         "supported devices: cpu")
+    else:
+        raise ValueError(f"device: got {qk.device}; supported devices: cpu")
+
+
+def check_rotations(rotations, heads: int, head_dim: int, n_hashes: int, n_buckets: int, device):
+    check_tensor("rotations", rotations)
+    expected = (heads, head_dim, n_hashes, n_buckets // 2)
+    if tuple(rotations.shape) != expected:
+        raise ValueError(f"rotations: got shape {_shape(rotations)}; expected (heads, head_dim, n_hashes, "
+                         f"n_buckets // 2) = {expected}")
+    if not rotations.dtype.is_floating_point:
+        raise ValueError(f"rotations: dtype {rotations.dtype}; expected a floating-point tensor (used as float32)")
+    if rotations.device != device:
+        raise ValueError(f"rotations: on {rotations.device}; expected the inputs' device {device}")
+    return rotations.to(torch.float32).contiguous()
+
+
+def check_buckets(buckets, batch: int, heads: int, seqlen: int, n_hashes: int, n_buckets: int, device):
+    check_tensor("buckets", buckets)
+    expected = (batch, heads, n_hashes, seqlen)
+    if tuple(buckets.shape) != expected:
+        raise ValueError(f"buckets: got shape {_shape(buckets)}; expected (batch, heads, n_hashes, seq) = "
+                         f"{expected}")
+    if buckets.dtype.is_floating_point or buckets.dtype == torch.bool or buckets.is_complex():
+        raise ValueError(f"buckets: dtype {buckets.dtype}; expected an integer tensor")
+    if buckets.device != device:
+        raise ValueError(f"buckets: on {buckets.device}; expected the inputs' device {device}")
+    if buckets.numel():
+        lo, hi = int(buckets.min()), int(buckets.max())
+        if lo < 0 or hi > n_buckets:
+            raise ValueError(f"buckets: values range over {lo}..{hi}; expected 0..{n_buckets - 1} (and {n_buckets} "
+                             "for padding tokens)")
+    return buckets.to(torch.int64).contiguous()
+
+
+def check_key_padding_mask(mask, batch: int, seqlen: int, device):
+    if mask is None:
+        return None
+    check_tensor("key_padding_mask", mask)
+    if mask.dtype != torch.bool:
+        raise ValueError(f"key_padding_mask: dtype {mask.dtype}; expected torch.bool (True = a real token, "
+                         "False = padding)")
+    if tuple(mask.shape) != (batch, seqlen):
+        raise ValueError(f"key_padding_mask: got shape {_shape(mask)}; expected (batch, seq) = ({batch}, {seqlen})")
+    if mask.device != device:
+        raise ValueError(f"key_padding_mask: on {mask.device}; expected the inputs' device {device}")
+    return mask

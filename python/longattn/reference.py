@@ -91,3 +91,91 @@ def sliding_window_attention(q, k, v, *, window: tuple[int, int], causal: bool =
     visible = sliding_window_visible(q.shape[1], k.shape[1], window=window, causal=causal, dilation=dilation,
                                      global_tokens=global_tokens, device=q.device)
     return masked_attention(q, k, v, visible, scale, compute_dtype)
+
+
+# ---- SPEC §3: Reformer's bucketed-LSH attention ---------------------------------------------------------------------
+
+def lsh_hash(qk: torch.Tensor, rotations: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+             compute_dtype=torch.float64) -> torch.Tensor:
+    """Buckets (B, H, n_hashes, S) int64 of SPEC §3 step 2.
+
+    Round r of token t: argmax over concat(x R_r, -x R_r) with x = qk[b, t, h] and R_r = rotations[h, :, r, :]
+    (the first maximal index wins); a padded token (key_padding_mask False) goes to the extra bucket n_buckets.
+    """
+    n_buckets = 2 * rotations.shape[-1]
+    x = qk.to(compute_dtype).transpose(1, 2)                                    # (B, H, S, D)
+    rotated = torch.einsum("bhsd,hdrk->bhrsk", x, rotations.to(compute_dtype))  # (B, H, n_hashes, S, n_buckets/2)
+    buckets = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)             # torch.argmax: first maximal index
+    if key_padding_mask is not None:
+        buckets = buckets.masked_fill(~key_padding_mask[:, None, None, :], n_buckets)
+    return buckets
+
+
+def lsh_attention(qk: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor, *, chunk_length: int,
+                  chunks_before: int = 1, chunks_after: int = 0, causal: bool = False,
+                  key_padding_mask: torch.Tensor | None = None, compute_dtype=torch.float64):
+    """SPEC §3 steps 3-9 for given buckets (B, H, n_hashes, S). Returns (out (B, S, H, Dv), lse (B, H, S)).
+
+    Loops over nothing clever: sort the (round, position) items of each (batch, head) by (round, bucket, position),
+    cut the sorted list into chunks, let chunk c attend chunks c - chunks_before .. c + chunks_after (cyclic), mask
+    by original positions, undo the sort, and combine the rounds by their log-sum-exps.
+    """
+    B, S, H, D = qk.shape
+    f32 = torch.float32
+    x = qk.to(compute_dtype).transpose(1, 2)                                    # (B, H, S, D): the queries
+    keys = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) / math.sqrt(D)
+    vals = v.to(compute_dtype).transpose(1, 2)                                  # (B, H, S, Dv)
+    valid = (torch.ones(B, S, dtype=torch.bool, device=qk.device) if key_padding_mask is None
+             else key_padding_mask.to(torch.bool))
+    mask_value = torch.tensor(-1e9, dtype=f32).item()        # the float32 constants, as float32 computes them
+    self_value = torch.tensor(-1e5, dtype=f32).item()
+
+    def scores_of(q_pos, k_pos, bh):
+        """Masked scores (Lq, Lk) of original query positions q_pos against original key positions k_pos."""
+        b, h = bh
+        s = x[b, h, q_pos] @ keys[b, h, k_pos].T
+        hidden = ~valid[b, k_pos][None, :].expand_as(s)
+        if causal:
+            hidden = hidden | (k_pos[None, :] > q_pos[:, None])
+        s = s.masked_fill(hidden, mask_value)
+        return s.masked_fill(k_pos[None, :] == q_pos[:, None], self_value)
+
+    if S <= chunk_length:                                    # step 9: one round of ordinary attention
+        out = torch.empty(B, H, S, vals.shape[-1], dtype=compute_dtype, device=qk.device)
+        lse = torch.empty(B, H, S, dtype=compute_dtype, device=qk.device)
+        pos = torch.arange(S, device=qk.device)
+        for b in range(B):
+            for h in range(H):
+                s = scores_of(pos, pos, (b, h))
+                lse[b, h] = torch.logsumexp(s, -1)
+                out[b, h] = torch.softmax(s, -1) @ vals[b, h]
+        return out.transpose(1, 2), lse
+
+    n_hashes = buckets.shape[2]
+    n_items = n_hashes * S
+    n_chunks = n_items // chunk_length
+    out = torch.zeros(B, H, S, vals.shape[-1], dtype=compute_dtype, device=qk.device)
+    lse = torch.empty(B, H, S, dtype=compute_dtype, device=qk.device)
+    for b in range(B):
+        for h in range(H):
+            # step 3: item i = (round i // S, position i % S), sorted by (round, bucket, position)
+            item = torch.arange(n_items, device=qk.device)
+            round_, pos = item // S, item % S
+            bucket = buckets[b, h].reshape(-1).to(torch.int64)
+            order = torch.argsort((round_ * (int(bucket.max()) + 1) + bucket) * S + pos)   # keys are distinct
+            sorted_pos = pos[order]
+            o_items = torch.empty(n_items, vals.shape[-1], dtype=compute_dtype, device=qk.device)
+            lse_items = torch.empty(n_items, dtype=compute_dtype, device=qk.device)
+            for c in range(n_chunks):                        # steps 4-7
+                q_pos = sorted_pos[c * chunk_length:(c + 1) * chunk_length]
+                adjacent = [(c + a) % n_chunks for a in range(-chunks_before, chunks_after + 1)]
+                k_pos = torch.cat([sorted_pos[a * chunk_length:(a + 1) * chunk_length] for a in adjacent])
+                s = scores_of(q_pos, k_pos, (b, h))
+                rows = order[c * chunk_length:(c + 1) * chunk_length]          # undo the sort
+                lse_items[rows] = torch.logsumexp(s, -1)
+                o_items[rows] = torch.softmax(s, -1) @ vals[b, h, k_pos]
+            lse_r = lse_items.reshape(n_hashes, S)           # step 8: combine the rounds
+            lse[b, h] = torch.logsumexp(lse_r, 0)
+            weights = torch.exp(lse_r - lse[b, h][None, :])
+            out[b, h] = (weights[..., None] * o_items.reshape(n_hashes, S, -1)).sum(0)
+    return out.transpose(1, 2), lse

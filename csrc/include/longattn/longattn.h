@@ -89,6 +89,58 @@ Status attention_forward(const AttentionParams& params);
 // Only the argument checks of attention_forward (shapes, strides, pointers, options).
 Status check_params(const AttentionParams& params);
 
+// Reformer's shared-QK bucketed-LSH attention (SPEC §3), one call per forward pass.
+//   qk  (batch, seqlen, heads, head_dim)      v (batch, seqlen, heads, head_dim_v)     out like v
+//   lse (batch, heads, seqlen) float32, optional: log-sum-exp over the rounds
+// Buckets come from `buckets_in` when given, else from hashing with `rotations`. Hashing:
+//   bucket_r(t) = argmax(concat(qk_t R_r, -qk_t R_r)), first maximal index; a padded token gets n_buckets.
+// Then the n_hashes·seqlen (round, position) items are sorted stably by (round, bucket, position), cut into chunks of
+// chunk_length, and chunk c attends chunks c - chunks_before .. c + chunks_after (cyclic) with keys
+// qk·rsqrt(mean(qk²) + 1e-6)/sqrt(head_dim), queries qk, scores replaced by -1e9 (padding key, or a later key when
+// causal) and then by -1e5 (the query's own position); rounds are combined by their log-sum-exps.
+// With seqlen <= chunk_length there is no hashing: one round of ordinary attention with those masks.
+struct LshAttentionParams {
+  const void* qk = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;  // optional
+
+  DType dtype = DType::kFloat32;
+  Device device = Device::kCpu;
+
+  int64_t batch = 0;
+  int64_t seqlen = 0;  // a multiple of chunk_length, or <= chunk_length
+  int64_t heads = 0;
+  int64_t head_dim = 0;
+  int64_t head_dim_v = 0;
+  BshdStrides qk_stride, v_stride, out_stride;
+  int64_t lse_batch_stride = 0;
+  int64_t lse_head_stride = 0;
+
+  int64_t n_hashes = 1;
+  int64_t n_buckets = 2;  // even
+  int64_t chunk_length = 64;
+  int64_t chunks_before = 1;
+  int64_t chunks_after = 0;
+  bool causal = false;
+
+  // Contiguous float32 (heads, head_dim, n_hashes, n_buckets / 2); used when buckets_in is null.
+  const float* rotations = nullptr;
+  // Contiguous int64 (batch, heads, n_hashes, seqlen), values in [0, n_buckets]; null = hash with rotations.
+  const int64_t* buckets_in = nullptr;
+  // Contiguous int64 (batch, heads, n_hashes, seqlen): the buckets used (hashed or copied); optional.
+  int64_t* buckets_out = nullptr;
+  // Bytes (batch, seqlen), nonzero = a real token, zero = padding; strides in elements; null = no padding.
+  const uint8_t* key_padding_mask = nullptr;
+  int64_t mask_batch_stride = 0;
+  int64_t mask_seq_stride = 0;
+
+  void* stream = nullptr;
+};
+
+Status lsh_attention_forward(const LshAttentionParams& params);
+Status check_lsh_params(const LshAttentionParams& params);
+
 // ---- CPU backend controls -------------------------------------------------------------------------------------
 enum class CpuIsa : int32_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 

@@ -1,0 +1,324 @@
+// The CPU kernels of Reformer's LSH attention (SPEC §3): hashing, chunked attention over the sorted sequence, and
+// the combination of the rounds. Included once per ISA after engine.h, whose micro-kernels, online softmax and
+// packing routines they reuse: chunked attention is the engine with an LSH iteration/mask policy, working on rows
+// gathered in sorted order.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "engine.h"
+#include "lsh_plan.h"
+
+namespace longattn::cpu::LONGATTN_ISA_NAME {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// ---- scratch ---------------------------------------------------------------------------------------------------------
+// One chunk slot holds a chunk's rows gathered in sorted order and converted to float32:
+//   raw (L, D) = qk rows (the queries), key (L, D) = normalised qk rows, val (L, dv_pad), pos (L) original
+//   positions, valid (L) 1 for a real token and 0 for padding (both as floats, for vector compares).
+// The attend phase keeps chunks_before + chunks_after + 2 slots: the chunks the current chunk attends, plus the one
+// the next chunk adds, so each chunk is gathered once per item.
+struct LshWorkspaceLayout {
+  int64_t qt, o, m, l, st, alpha, pos_q, slots, total;
+  int64_t qt_size, o_size, slot_size, raw, key, val, pos, valid;  // offsets inside a slot
+  int n_slots;
+  explicit LshWorkspaceLayout(const LshPlan& plan) {
+    const LshAttentionParams& p = plan.p;
+    const int64_t D = p.head_dim, dv_pad = round_up(p.head_dim_v, kNR), L = plan.chunk;
+    int64_t at = 0;
+    auto take = [&](int64_t n) { const int64_t here = at; at += round_up(n, 16); return here; };
+    qt_size = round_up(D * kBlockQ, 16);
+    o_size = round_up(kBlockQ * dv_pad, 16);
+    qt = take(kSubTiles * qt_size);  // Qᵀ (D, kBlockQ) per query sub-tile (hash phase: the tokens)
+    o = take(kSubTiles * o_size);    // O (kBlockQ, dv_pad) per sub-tile
+    m = take(kSubTiles * kBlockQ);   // running max (log2 units) / hash phase: best projection
+    l = take(kSubTiles * kBlockQ);   // running sum / hash phase: its index
+    st = take(int64_t(kBlockK) * kBlockQ);
+    alpha = take(kBlockQ);
+    pos_q = take(kSubTiles * kBlockQ);  // query positions per sub-tile / hash phase: the minus side's index
+    int64_t s = 0;
+    auto take_in_slot = [&](int64_t n) { const int64_t here = s; s += round_up(n, 16); return here; };
+    raw = take_in_slot(L * D);
+    key = take_in_slot(L * D);
+    val = take_in_slot(L * dv_pad);
+    pos = take_in_slot(L);
+    valid = take_in_slot(L);
+    slot_size = s;
+    n_slots = int(plan.before + plan.after + 2);
+    slots = take(n_slots * slot_size);
+    total = at;
+  }
+};
+
+// ---- phase 1: hashing -----------------------------------------------------------------------------------------------
+// Buckets of tokens [t0, t0 + n) of one (batch, head), every round. The projections x·R_r come from the engine's
+// QKᵀ micro-kernel (rotation vectors as rows, tokens as columns), and the argmax of concat(xR, -xR) is a running
+// max and min per column: one SIMD lane per token, no horizontal reductions.
+template <DType T>
+void lsh_hash_item(const LshPlan& plan, int64_t item, float* ws) {
+  using S = typename Elem<T>::Storage;
+  using Reg = typename Vec::Reg;
+  constexpr int W = Vec::kWidth;
+  const LshAttentionParams& p = plan.p;
+  const LshWorkspaceLayout lay(plan);
+  const int64_t blocks = LshPlan::blocks_of(p.seqlen, plan.tokens_per_item);
+  const int64_t b = item / (p.heads * blocks), h = (item / blocks) % p.heads;
+  const int64_t t0 = (item % blocks) * plan.tokens_per_item;
+  const int64_t n = std::min(plan.tokens_per_item, p.seqlen - t0);
+  const int64_t D = p.head_dim, half = p.n_buckets / 2;
+  const S* qk_head = static_cast<const S*>(p.qk) + b * p.qk_stride.batch + h * p.qk_stride.head;
+  float* st = ws + lay.st;
+
+  const int n_sub = int((n + kBlockQ - 1) / kBlockQ);
+  for (int t = 0; t < n_sub; ++t) {  // Qᵀ of each tile of tokens, unscaled
+    const int64_t first = t0 + int64_t(t) * kBlockQ, nq = std::min<int64_t>(kBlockQ, t0 + n - first);
+    pack_query_tile<T>([&](int64_t c) { return qk_head + (first + c) * p.qk_stride.seq; }, nq, round_up(nq, kNR), D,
+                       1.0f, st, ws + lay.qt + t * lay.qt_size);
+  }
+  for (int64_t r = 0; r < p.n_hashes; ++r) {
+    const float* rot = plan.rotations_t.data() + (h * p.n_hashes + r) * half * D;  // (half, D)
+    for (int t = 0; t < n_sub; ++t) {
+      const int64_t first = t0 + int64_t(t) * kBlockQ, nq = std::min<int64_t>(kBlockQ, t0 + n - first);
+      const int64_t nq_pad = round_up(nq, kNR);
+      const float* qt = ws + lay.qt + t * lay.qt_size;
+      float* best_max = ws + lay.m;     // per column: max of x·R so far and its index
+      float* arg_max = ws + lay.l;
+      float* best_min = ws + lay.o;     // per column: min of x·R so far (= max of -x·R) and its index
+      float* arg_min = ws + lay.pos_q;
+      std::fill(best_max, best_max + nq_pad, -INFINITY);
+      std::fill(best_min, best_min + nq_pad, INFINITY);
+      std::fill(arg_max, arg_max + nq_pad, 0.0f);
+      std::fill(arg_min, arg_min + nq_pad, 0.0f);
+      for (int64_t j0 = 0; j0 < half; j0 += kBlockK) {
+        const int64_t nr = std::min<int64_t>(kBlockK, half - j0);
+        // St (nr, nq_pad) = R_r[:, j0:j0+nr]ᵀ · Xᵀ
+        int64_t j = 0;
+        for (; j + kMR <= nr; j += kMR)
+          for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
+            qk_microkernel<kMR>(rot + (j0 + j) * D, D, D, qt + c0, st + j * kBlockQ + c0);
+        if (j < nr)
+          for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
+            with_rows<QkRows>(int(nr - j), rot + (j0 + j) * D, D, D, qt + c0, st + j * kBlockQ + c0);
+        // Rows in ascending order with strict compares: the first maximal (minimal) index wins a tie.
+        for (int64_t c = 0; c < nq_pad; c += W) {
+          Reg mx = Vec::load(best_max + c), amx = Vec::load(arg_max + c);
+          Reg mn = Vec::load(best_min + c), amn = Vec::load(arg_min + c);
+          for (int64_t jj = 0; jj < nr; ++jj) {
+            const Reg x = Vec::load(st + jj * kBlockQ + c), idx = Vec::set1(float(j0 + jj));
+            amx = Vec::select_lt(mx, x, idx, amx);
+            mx = Vec::select_lt(mx, x, x, mx);
+            amn = Vec::select_lt(x, mn, idx, amn);
+            mn = Vec::select_lt(x, mn, x, mn);
+          }
+          Vec::store(best_max + c, mx);
+          Vec::store(arg_max + c, amx);
+          Vec::store(best_min + c, mn);
+          Vec::store(arg_min + c, amn);
+        }
+      }
+      // concat(xR, -xR): the + half comes first, so it wins when max(xR) == max(-xR).
+      int32_t* out = plan.buckets_at(b, h, r) + first;
+      for (int64_t c = 0; c < nq; ++c) {
+        const bool plus = best_max[c] >= -best_min[c];
+        int32_t bucket = plus ? int32_t(arg_max[c]) : int32_t(half + int64_t(arg_min[c]));
+        if (p.key_padding_mask && !p.key_padding_mask[b * p.mask_batch_stride + (first + c) * p.mask_seq_stride])
+          bucket = int32_t(p.n_buckets);
+        out[c] = bucket;
+      }
+    }
+  }
+}
+
+// ---- phase 3: chunked attention -------------------------------------------------------------------------------------
+// Gathers the rows of sorted chunk `chunk` (any integer; the data is chunk mod n_chunks) into a slot.
+template <DType T>
+void lsh_load_slot(const LshPlan& plan, const LshWorkspaceLayout& lay, int64_t b, int64_t h, int64_t chunk,
+                   float* slot) {
+  using S = typename Elem<T>::Storage;
+  const LshAttentionParams& p = plan.p;
+  const int64_t L = plan.chunk, D = p.head_dim, Dv = p.head_dim_v, dv_pad = round_up(Dv, kNR);
+  const int64_t c = ((chunk % plan.n_chunks) + plan.n_chunks) % plan.n_chunks;
+  const int32_t* sorted = plan.sorted_at(b, h) + c * L;
+  const S* qk_head = static_cast<const S*>(p.qk) + b * p.qk_stride.batch + h * p.qk_stride.head;
+  const S* v_head = static_cast<const S*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head;
+  const float inv_sqrt_d = 1.0f / std::sqrt(float(D));
+  for (int64_t j = 0; j < L; ++j) {
+    const int64_t tok = sorted[j];
+    float* raw = slot + lay.raw + j * D;
+    float* key = slot + lay.key + j * D;
+    load_row_f32<T>(qk_head + tok * p.qk_stride.seq, D, 1.0f, raw);
+    // key = qk * rsqrt(mean(qk²) + 1e-6) / sqrt(D)
+    float sum_sq = 0.0f;
+    for (int64_t d = 0; d < D; ++d) sum_sq += raw[d] * raw[d];
+    const float norm = inv_sqrt_d / std::sqrt(sum_sq / float(D) + 1e-6f);
+    for (int64_t d = 0; d < D; ++d) key[d] = raw[d] * norm;
+    float* val = slot + lay.val + j * dv_pad;
+    load_row_f32<T>(v_head + tok * p.v_stride.seq, Dv, 1.0f, val);
+    std::fill(val + Dv, val + dv_pad, 0.0f);
+    slot[lay.pos + j] = float(tok);
+    slot[lay.valid + j] =
+        p.key_padding_mask && !p.key_padding_mask[b * p.mask_batch_stride + tok * p.mask_seq_stride] ? 0.0f : 1.0f;
+  }
+}
+
+// The rows a slot load of `chunk` will read: requested ahead so the gather finds them in cache.
+template <DType T>
+void lsh_prefetch_chunk(const LshPlan& plan, int64_t b, int64_t h, int64_t chunk) {
+  using S = typename Elem<T>::Storage;
+  const LshAttentionParams& p = plan.p;
+  const int64_t L = plan.chunk;
+  const int64_t c = ((chunk % plan.n_chunks) + plan.n_chunks) % plan.n_chunks;
+  const int32_t* sorted = plan.sorted_at(b, h) + c * L;
+  const S* qk_head = static_cast<const S*>(p.qk) + b * p.qk_stride.batch + h * p.qk_stride.head;
+  const S* v_head = static_cast<const S*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head;
+  for (int64_t j = 0; j < L; ++j) {
+    prefetch_row(qk_head + sorted[j] * p.qk_stride.seq, p.head_dim * int64_t(sizeof(S)));
+    prefetch_row(v_head + sorted[j] * p.v_stride.seq, p.head_dim_v * int64_t(sizeof(S)));
+  }
+}
+
+// Scores of key rows [0, nk) (positions pos_k, validity valid_k) against query columns (positions pos_q), in log2
+// units: a padding key, or with causal a key after the query, is replaced by -1e9; then a key at the query's own
+// position by -1e5 (SPEC §3 step 6: replaced, not -inf, so a token with nothing else to see attends itself).
+inline void lsh_mask_scores(float* st, int64_t nk, int64_t nq_pad, const float* pos_k, const float* valid_k,
+                            const float* pos_q, bool causal) {
+  using Reg = typename Vec::Reg;
+  constexpr int W = Vec::kWidth;
+  const Reg hidden = Vec::set1(-1e9f * kLog2e), self = Vec::set1(-1e5f * kLog2e);
+  for (int64_t jj = 0; jj < nk; ++jj) {
+    float* row = st + jj * kBlockQ;
+    const Reg pk = Vec::set1(pos_k[jj]);
+    const bool padding = valid_k[jj] == 0.0f;
+    for (int64_t c = 0; c < nq_pad; c += W) {
+      const Reg pq = Vec::load(pos_q + c);
+      Reg s = padding ? hidden : Vec::load(row + c);
+      if (causal) s = Vec::select_lt(pq, pk, hidden, s);  // key after the query
+      Vec::store(row + c, Vec::select_eq(pq, pk, self, s));
+    }
+  }
+}
+
+// Chunks [c_begin, c_end) of one (batch, head). Chunk c's queries are its own rows (raw qk); its keys are the rows of
+// chunks c - before .. c + after (cyclic over the rounds, as Reformer does), in that order.
+template <DType T>
+void lsh_attend_item(const LshPlan& plan, int64_t item, float* ws) {
+  const LshAttentionParams& p = plan.p;
+  const LshWorkspaceLayout lay(plan);
+  const int64_t per_head = LshPlan::blocks_of(plan.n_chunks, plan.chunks_per_item);
+  const int64_t b = item / (p.heads * per_head), h = (item / per_head) % p.heads;
+  const int64_t c_begin = (item % per_head) * plan.chunks_per_item;
+  const int64_t c_end = std::min(plan.n_chunks, c_begin + plan.chunks_per_item);
+  const int64_t L = plan.chunk, D = p.head_dim, Dv = p.head_dim_v, dv_pad = round_up(Dv, kNR);
+  const int64_t S = p.seqlen;
+  float* st = ws + lay.st;
+  float* alpha = ws + lay.alpha;
+
+  // Slots are tagged with the unwrapped chunk index, so the chunks one chunk attends (consecutive integers) never
+  // share a slot, even where the cyclic window wraps around.
+  int64_t slot_chunk[64];
+  const int n_slots = lay.n_slots;
+  std::fill(slot_chunk, slot_chunk + n_slots, INT64_MIN);
+  const auto slot_of = [&](int64_t u) { return ws + lay.slots + ((u % n_slots + n_slots) % n_slots) * lay.slot_size; };
+  const auto ensure = [&](int64_t u) {
+    const int64_t s = (u % n_slots + n_slots) % n_slots;
+    if (slot_chunk[s] != u) {
+      lsh_load_slot<T>(plan, lay, b, h, u, slot_of(u));
+      slot_chunk[s] = u;
+    }
+    return slot_of(u);
+  };
+
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    for (int64_t u = c - plan.before; u <= c + plan.after; ++u) ensure(u);
+    if (c + 1 < c_end) lsh_prefetch_chunk<T>(plan, b, h, c + 1 + plan.after);
+    const float* own = slot_of(c);
+    const int64_t round = (c * L) / S;  // a chunk never straddles two rounds (S % L == 0)
+
+    for (int64_t q0 = 0; q0 < L; q0 += kQueriesPerGroup) {  // queries of the chunk, up to kSubTiles tiles at a time
+      const int n_sub = int(std::min<int64_t>(kSubTiles, (L - q0 + kBlockQ - 1) / kBlockQ));
+      int64_t nq[kSubTiles] = {};
+      for (int t = 0; t < n_sub; ++t) {
+        const int64_t first = q0 + int64_t(t) * kBlockQ;
+        nq[t] = std::min<int64_t>(kBlockQ, L - first);
+        const int64_t nq_pad = round_up(nq[t], kNR);
+        pack_query_tile<DType::kFloat32>([&](int64_t col) { return own + lay.raw + (first + col) * D; }, nq[t],
+                                         nq_pad, D, kLog2e, st, ws + lay.qt + t * lay.qt_size);
+        float* pos_q = ws + lay.pos_q + t * kBlockQ;
+        std::copy(own + lay.pos + first, own + lay.pos + first + nq[t], pos_q);
+        std::fill(pos_q + nq[t], pos_q + kBlockQ, -1.0f);  // padding columns: no position
+        std::fill(ws + lay.m + t * kBlockQ, ws + lay.m + (t + 1) * kBlockQ, -INFINITY);
+        std::fill(ws + lay.l + t * kBlockQ, ws + lay.l + (t + 1) * kBlockQ, 0.0f);
+        std::fill(ws + lay.o + t * lay.o_size, ws + lay.o + (t + 1) * lay.o_size, 0.0f);
+      }
+      for (int64_t u = c - plan.before; u <= c + plan.after; ++u) {
+        const float* slot = slot_of(u);
+        for (int64_t j0 = 0; j0 < L; j0 += kBlockK) {
+          const int64_t nk = std::min<int64_t>(kBlockK, L - j0);
+          for (int t = 0; t < n_sub; ++t) {
+            const float* pos_q = ws + lay.pos_q + t * kBlockQ;
+            attend_key_block(nq[t], nk, D, dv_pad, slot + lay.key + j0 * D, slot + lay.val + j0 * dv_pad,
+                             ws + lay.qt + t * lay.qt_size, st, ws + lay.o + t * lay.o_size, ws + lay.m + t * kBlockQ,
+                             ws + lay.l + t * kBlockQ, alpha,
+                             [&](float* s, int64_t nq_pad) {
+                               lsh_mask_scores(s, nk, nq_pad, slot + lay.pos + j0, slot + lay.valid + j0, pos_q,
+                                               p.causal);
+                             },
+                             nullptr);
+          }
+        }
+      }
+      // This round's output and log-sum-exp, at the queries' original positions.
+      float* out_round = plan.round_out_at(b, h, round);
+      float* lse_round = plan.round_lse_at(b, h, round);
+      for (int t = 0; t < n_sub; ++t) {
+        const float* o = ws + lay.o + t * lay.o_size;
+        const float* m = ws + lay.m + t * kBlockQ;
+        const float* l = ws + lay.l + t * kBlockQ;
+        const float* pos_q = ws + lay.pos_q + t * kBlockQ;
+        for (int64_t col = 0; col < nq[t]; ++col) {
+          const int64_t tok = int64_t(pos_q[col]);
+          const float inv = 1.0f / l[col];  // l >= 1: scores are replaced, never -inf, so no row is empty
+          float* dst = out_round + tok * Dv;
+          for (int64_t e = 0; e < Dv; ++e) dst[e] = o[col * dv_pad + e] * inv;
+          lse_round[tok] = kLn2 * (m[col] + std::log2(l[col]));
+        }
+      }
+    }
+  }
+}
+
+// ---- phase 4: combining the rounds ----------------------------------------------------------------------------------
+// out = Σ_r exp(lse_r - lse) · o_r with lse = logsumexp_r(lse_r), for tokens [t0, t0 + n) of one (batch, head).
+template <DType T>
+void lsh_combine_item(const LshPlan& plan, int64_t item, float* ws) {
+  using S = typename Elem<T>::Storage;
+  const LshAttentionParams& p = plan.p;
+  const int64_t blocks = LshPlan::blocks_of(p.seqlen, plan.tokens_per_item);
+  const int64_t b = item / (p.heads * blocks), h = (item / blocks) % p.heads;
+  const int64_t t0 = (item % blocks) * plan.tokens_per_item;
+  const int64_t n = std::min(plan.tokens_per_item, p.seqlen - t0);
+  const int64_t Dv = p.head_dim_v, R = plan.rounds;
+  S* out_head = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
+  float* acc = ws;  // (Dv)
+  float weight[64];
+  for (int64_t t = t0; t < t0 + n; ++t) {
+    float mx = -INFINITY;
+    for (int64_t r = 0; r < R; ++r) mx = std::max(mx, plan.round_lse_at(b, h, r)[t]);
+    float sum = 0.0f;
+    for (int64_t r = 0; r < R; ++r) sum += weight[r] = std::exp(plan.round_lse_at(b, h, r)[t] - mx);
+    std::fill(acc, acc + Dv, 0.0f);
+    for (int64_t r = 0; r < R; ++r) {
+      const float w = weight[r] / sum;
+      const float* o = plan.round_out_at(b, h, r) + t * Dv;
+      for (int64_t e = 0; e < Dv; ++e) acc[e] += w * o[e];
+    }
+    store_row<T>(acc, Dv, 1.0f, out_head + t * p.out_stride.seq);
+    if (p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + t] = mx + std::log(sum);
+  }
+}
+
+}  // namespace longattn::cpu::LONGATTN_ISA_NAME
