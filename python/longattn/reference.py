@@ -163,17 +163,23 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor, *, c
             round_, pos = item // S, item % S
             bucket = buckets[b, h].reshape(-1).to(torch.int64)
             order = torch.argsort((round_ * (int(bucket.max()) + 1) + bucket) * S + pos)   # keys are distinct
-            sorted_pos = pos[order]
-            o_items = torch.empty(n_items, vals.shape[-1], dtype=compute_dtype, device=qk.device)
+            # step 4: chunk c's queries are its own items; its keys are the items of chunks c-before .. c+after
+            q_items = order.reshape(n_chunks, chunk_length)                                 # (n_chunks, L)
+            k_items = torch.cat([q_items.roll(-a, dims=0) for a in range(-chunks_before, chunks_after + 1)],
+                                dim=1)                                                      # (n_chunks, L * n_adj)
+            q_pos, k_pos = q_items % S, k_items % S
+            # steps 5-7, every chunk at once
+            s = torch.einsum("cqd,ckd->cqk", x[b, h][q_pos], keys[b, h][k_pos])
+            hidden = ~valid[b][k_pos][:, None, :].expand_as(s)
+            if causal:
+                hidden = hidden | (k_pos[:, None, :] > q_pos[:, :, None])
+            s = s.masked_fill(hidden, mask_value)
+            s = s.masked_fill(k_pos[:, None, :] == q_pos[:, :, None], self_value)
             lse_items = torch.empty(n_items, dtype=compute_dtype, device=qk.device)
-            for c in range(n_chunks):                        # steps 4-7
-                q_pos = sorted_pos[c * chunk_length:(c + 1) * chunk_length]
-                adjacent = [(c + a) % n_chunks for a in range(-chunks_before, chunks_after + 1)]
-                k_pos = torch.cat([sorted_pos[a * chunk_length:(a + 1) * chunk_length] for a in adjacent])
-                s = scores_of(q_pos, k_pos, (b, h))
-                rows = order[c * chunk_length:(c + 1) * chunk_length]          # undo the sort
-                lse_items[rows] = torch.logsumexp(s, -1)
-                o_items[rows] = torch.softmax(s, -1) @ vals[b, h, k_pos]
+            o_items = torch.empty(n_items, vals.shape[-1], dtype=compute_dtype, device=qk.device)
+            lse_items[q_items.reshape(-1)] = torch.logsumexp(s, -1).reshape(-1)              # undo the sort
+            o_items[q_items.reshape(-1)] = torch.einsum("cqk,ckv->cqv", torch.softmax(s, -1),
+                                                        vals[b, h][k_pos]).reshape(n_items, -1)
             lse_r = lse_items.reshape(n_hashes, S)           # step 8: combine the rounds
             lse[b, h] = torch.logsumexp(lse_r, 0)
             weights = torch.exp(lse_r - lse[b, h][None, :])

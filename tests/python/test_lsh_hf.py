@@ -30,21 +30,24 @@ convention test at the end pins it against what `ReformerModel` really passes, s
 Tolerances (fp32 throughout; the float64 oracle longattn.reference.lsh_attention, fed the same buckets, is the
 truth):
 - Rows whose only unmasked key is the token itself ("self-only" rows: causal token 0, a padded query whose whole
-  window is padding, ...): every round's scores are -1e5 (self) or -1e9, so each round's lse is -1e5 exactly and the
-  exact output is v at that position. HF rounds the *combined* lse, -1e5 + log(n_hashes), to float32, whose spacing
-  near 1e5 is 2^-7; the round weights exp(lse_r - lse) then sum to exp(delta) with |delta| <= 2^-8, so HF's output
-  is off by up to 2^-8 ~ 0.4% of |v| (measured: ~2e-3 relative). A float32 implementation that forms that lse makes
-  the same kind of error, so on these rows longattn must be within 2^-8 of the truth and 2^-7 of HF, relative to
-  the row's max |v| (plus the fp32 floor). Identified with the oracle: its lse is -1e5 + log(copies of self seen)
-  there and O(10) anywhere a real key is visible, so lse < -5e4 separates them cleanly.
+  window is padding, ...): every score is -1e5 (a copy of the token itself; a round can see several copies, from
+  other rounds' items in adjacent chunks) or -1e9, and the exact output is v at that position. Each round's lse,
+  -1e5 + log(copies), is rounded to float32, whose spacing near 1e5 is 2^-7 (error <= 2^-8); the round's softmax
+  exp(s - lse_r) then sums to 1 +- 2^-8, and the round weights exp(lse_r - lse) to 1 +- 2^-8 again (the combined
+  lse is rounded too). So HF -- and any float32 implementation that forms these lse values -- is off by up to
+  2^-7 ~ 0.8% of |v| on these rows (HF measured: up to 5.1e-3 with 4 rounds and (1, 1) chunks). On these rows
+  longattn and HF must each be within 2^-7 of the truth and within 2^-6 of each other, relative to the row's max |v|
+  (plus the fp32 floor). They are identified with the oracle: its lse is -1e5 + log(copies of self seen) there and
+  O(10) anywhere a real key is visible, so lse < -5e4 separates them cleanly.
 - All other rows: longattn within 2x HF's own error against the oracle plus 2e-6 x output scale
   (helpers.assert_matches_oracle, the project's criterion), and longattn vs HF within 2e-5 x max|output|: at most
   (chunks_before + 1 + chunks_after) * chunk_length <= 96 fp32 terms per row and <= 4 rounds, each a few float32 ulps
   (1.2e-7) from exact; HF's own error measures ~1e-6 x max|output| on these cases. A wrong chunk neighbourhood, a
   lost -1e9/-1e5 replacement or a wrong round weight moves the output by ~max|output| with these score magnitudes
   (weights re-initialised so scores have std ~3: a peaked softmax).
-- lse (not returned by HF): against the oracle, 1e-5 x (1 + max|lse|) on ordinary rows, 2^-7 (one float32 spacing
-  near 1e5) on self-only rows.
+- lse (not returned by HF): against the oracle, 1e-5 x (1 + max|lse|) on ordinary rows (measured ~2e-7); on
+  self-only rows 2^-7: the rounded per-round lse values (<= 2^-8 off) move their logsumexp by <= 2^-8, and the
+  result is rounded once more.
 """
 
 import math
@@ -65,7 +68,7 @@ from helpers import ABS_FLOOR, assert_matches_oracle  # noqa: E402
 HIDDEN_STD = 3.0          # with weights ~ N(0, 1/E): qk entries std ~3, so scores q.k_hat have std ~3 (peaked)
 AGREE_RTOL = 2e-5         # longattn vs HF on ordinary rows, relative to max|output| (module docstring)
 SELF_ONLY_LSE = -5e4      # oracle lse below this: the row sees only itself (its lse is -1e5 + log(copies))
-SELF_ONLY_RTOL = 2.0 ** -7  # longattn vs HF on self-only rows, relative to max|v| of the row: twice 2^-8
+SELF_ONLY_RTOL = 2.0 ** -7 * 1.01  # self-only rows vs the exact v, relative to the row's max|v| (module docstring)
 LSE_RTOL = 1e-5
 HASH_SEED = 1234
 
@@ -146,11 +149,15 @@ def compare(ours, ours_lse, hf, ref64, lse64, v, what):
         row_v = v_rows.abs().amax(-1, keepdim=True)
         floor = ABS_FLOOR[torch.float32] * scale
         err_hf = (ours[self_only].double() - hf[self_only].double()).abs()
-        err_ref = (ours[self_only].double() - v_rows).abs()
-        assert torch.all(err_hf <= SELF_ONLY_RTOL * row_v + floor), \
-            f"{what}: self-only rows, longattn vs HF {(err_hf / row_v).max().item():.3g} x |v| > 2^-7"
-        assert torch.all(err_ref <= SELF_ONLY_RTOL / 2 * row_v + floor), \
-            f"{what}: self-only rows, longattn vs exact {(err_ref / row_v).max().item():.3g} x |v| > 2^-8"
+        err_ours = (ours[self_only].double() - v_rows).abs()
+        err_theirs = (hf[self_only].double() - v_rows).abs()
+        # the premise of this tolerance: HF itself is within 2^-7 of the exact v on these rows
+        assert torch.all(err_theirs <= SELF_ONLY_RTOL * row_v + floor), \
+            f"{what}: HF off by {(err_theirs / row_v).max().item():.3g} x |v| on self-only rows (> 2^-7)?"
+        assert torch.all(err_ours <= SELF_ONLY_RTOL * row_v + floor), \
+            f"{what}: self-only rows, longattn vs exact {(err_ours / row_v).max().item():.3g} x |v| > 2^-7"
+        assert torch.all(err_hf <= 2 * SELF_ONLY_RTOL * row_v + floor), \
+            f"{what}: self-only rows, longattn vs HF {(err_hf / row_v).max().item():.3g} x |v| > 2^-6"
     if ours_lse is not None:
         assert ours_lse.dtype == torch.float32 and ours_lse.shape == lse64.shape
         so = lse64 < SELF_ONLY_LSE
@@ -159,7 +166,7 @@ def compare(ours, ours_lse, hf, ref64, lse64, v, what):
             bound = LSE_RTOL * (1 + lse64[~so].abs().max().item())
             assert d[~so].max().item() <= bound, f"{what}: lse error {d[~so].max().item():.3g} > {bound:.3g}"
         if so.any():
-            assert d[so].max().item() <= 2.0 ** -7, f"{what}: self-only lse error {d[so].max().item():.3g}"
+            assert d[so].max().item() <= SELF_ONLY_RTOL, f"{what}: self-only lse error {d[so].max().item():.3g}"
     return int(self_only.sum())
 
 
@@ -208,7 +215,7 @@ CASES = [
     (2, 32, 3, 4, 32, 2, 0, False, 96),
     (2, 16, 1, 4, 16, 1, 0, True, 64),
     (4, 32, 2, 8, 16, 1, 0, True, 128),
-    (2, 64, 4, 8, 32, 1, 1, True, 128),
+    (2, 64, 4, 16, 32, 1, 1, True, 128),
     (2, 16, 4, 4, 16, 0, 0, True, 64),
 ]
 
@@ -337,10 +344,12 @@ def test_mask_convention_matches_reformer_model():
     output = seen["output"]
     with torch.no_grad():
         qk, v = project(layer, hidden)
+    valid = attention_mask.bool()
     ours, buckets = longattn.lsh_attention(qk, v, n_hashes=n_hashes, n_buckets=nb, chunk_length=chunk,
-                                           seed=HASH_SEED, key_padding_mask=attention_mask.bool(),
-                                           return_buckets=True)
-    assert torch.equal(buckets, hf_buckets(output.buckets, nb, True))
+                                           seed=HASH_SEED, key_padding_mask=valid, return_buckets=True)
+    expected = hf_buckets(output.buckets, nb, True)
+    assert torch.equal(buckets, expected)
     context = output.hidden_states
-    scale = max(1.0, context.abs().max().item())
-    assert (ours.reshape(2, S, heads * D) - context).abs().max().item() <= AGREE_RTOL * scale
+    assert context.shape == (2, S, heads * D)  # heads concatenated, before ReformerSelfOutput's dense
+    ref64, lse64 = reference.lsh_attention(qk, v, expected, chunk_length=chunk, key_padding_mask=valid)
+    compare(ours, None, context.view(2, S, heads, D), ref64, lse64, v, "inside ReformerModel")
