@@ -19,7 +19,6 @@ struct CpuKernelTable {
   int64_t (*lsh_workspace_floats)(const LshPlan&);
   void (*lsh_hash_item)(const LshPlan&, int64_t item, float* workspace);
   void (*lsh_attend_item)(const LshPlan&, int64_t item, float* workspace);
-  void (*lsh_combine_item)(const LshPlan&, int64_t item, float* workspace);
 };
 
 // The table of the active ISA (set_cpu_isa / LONGATTN_CPU_ISA / the best this CPU supports).

@@ -1,5 +1,5 @@
-// LSH attention on the CPU (SPEC §3): builds the LshPlan and runs its four phases on the thread pool. The hashing,
-// attention and combination kernels are per ISA (lsh_engine.h); the counting sort is plain C++ here.
+// LSH attention on the CPU (SPEC §3): builds the LshPlan and runs its phases on the thread pool. The hashing
+// and attention kernels are per ISA (lsh_engine.h); the counting sort is plain C++ here.
 #include <algorithm>
 #include <string>
 
@@ -21,6 +21,7 @@ Status lsh_attention_forward(const LshAttentionParams& p) {
   plan.before = chunked ? p.chunks_before : 0;
   plan.after = chunked ? p.chunks_after : 0;
   plan.n_chunks = plan.rounds * S / plan.chunk;
+  plan.chunks_per_round = S / plan.chunk;
   const int64_t ws_floats = k.lsh_workspace_floats(plan);
 
   // Phase 1: buckets, hashed or given.
@@ -67,16 +68,19 @@ Status lsh_attention_forward(const LshAttentionParams& p) {
       for (int64_t t = 0; t < S; ++t) plan.sorted_pos[bh * S + t] = int32_t(t);
   }
 
-  // Phase 3: chunked attention. Items chain consecutive chunks (each chunk's rows are gathered once and reused by
-  // the chunks that look back at it), keeping a few items per thread for balance.
-  plan.round_out.resize(B * H * plan.rounds * S * p.head_dim_v);
-  plan.round_lse.resize(B * H * plan.rounds * S);
-  plan.chunks_per_item = std::clamp<int64_t>(B * H * plan.n_chunks / (4 * int64_t(pool.num_threads())), 1, 64);
-  pool.parallel_for(plan.attend_items(), ws_floats, [&](int64_t item, float* ws) { k.lsh_attend_item(plan, item, ws); });
-
-  // Phase 4: combine the rounds.
-  pool.parallel_for(plan.combine_items(), ws_floats,
-                    [&](int64_t item, float* ws) { k.lsh_combine_item(plan, item, ws); });
+  // Phase 3: chunked attention, round after round (each round folds into the running combination). Items chain
+  // consecutive chunks (each chunk's rows are gathered once and reused by the chunks that look back at it),
+  // keeping a few items per thread for balance.
+  if (plan.rounds > 1) {
+    plan.acc.resize(B * H * S * p.head_dim_v);
+    plan.acc_max.resize(B * H * S);
+    plan.acc_sum.resize(B * H * S);
+  }
+  plan.chunks_per_item =
+      std::clamp<int64_t>(B * H * plan.chunks_per_round / (4 * int64_t(pool.num_threads())), 1, 64);
+  for (plan.round = 0; plan.round < plan.rounds; ++plan.round)
+    pool.parallel_for(plan.attend_items(), ws_floats,
+                      [&](int64_t item, float* ws) { k.lsh_attend_item(plan, item, ws); });
   return Status::Ok();
 }
 

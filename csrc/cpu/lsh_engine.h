@@ -134,6 +134,21 @@ void lsh_hash_item(const LshPlan& plan, int64_t item, float* ws) {
 }
 
 // ---- phase 3: chunked attention -------------------------------------------------------------------------------------
+// Σ x[i]², vectorised (a fixed summation order, so the result is the same on every call).
+inline float sum_of_squares(const float* x, int64_t n) {
+  int64_t i = 0;
+  float total = 0.0f;
+#if !defined(LONGATTN_ISA_SCALAR)
+  typename Vec::Reg acc = Vec::zero();
+  for (; i + Vec::kWidth <= n; i += Vec::kWidth) acc = Vec::fmadd(Vec::load(x + i), Vec::load(x + i), acc);
+  alignas(64) float lanes[Vec::kWidth];
+  Vec::store(lanes, acc);
+  for (int j = 0; j < Vec::kWidth; ++j) total += lanes[j];
+#endif
+  for (; i < n; ++i) total += x[i] * x[i];
+  return total;
+}
+
 // Gathers the rows of sorted chunk `chunk` (any integer; the data is chunk mod n_chunks) into a slot.
 template <DType T>
 void lsh_load_slot(const LshPlan& plan, const LshWorkspaceLayout& lay, int64_t b, int64_t h, int64_t chunk,
@@ -152,10 +167,8 @@ void lsh_load_slot(const LshPlan& plan, const LshWorkspaceLayout& lay, int64_t b
     float* key = slot + lay.key + j * D;
     load_row_f32<T>(qk_head + tok * p.qk_stride.seq, D, 1.0f, raw);
     // key = qk * rsqrt(mean(qk²) + 1e-6) / sqrt(D)
-    float sum_sq = 0.0f;
-    for (int64_t d = 0; d < D; ++d) sum_sq += raw[d] * raw[d];
-    const float norm = inv_sqrt_d / std::sqrt(sum_sq / float(D) + 1e-6f);
-    for (int64_t d = 0; d < D; ++d) key[d] = raw[d] * norm;
+    const float norm = inv_sqrt_d / std::sqrt(sum_of_squares(raw, D) / float(D) + 1e-6f);
+    load_row_f32<DType::kFloat32>(raw, D, norm, key);
     float* val = slot + lay.val + j * dv_pad;
     load_row_f32<T>(v_head + tok * p.v_stride.seq, Dv, 1.0f, val);
     std::fill(val + Dv, val + dv_pad, 0.0f);
@@ -202,18 +215,56 @@ inline void lsh_mask_scores(float* st, int64_t nk, int64_t nq_pad, const float* 
   }
 }
 
-// Chunks [c_begin, c_end) of one (batch, head). Chunk c's queries are its own rows (raw qk); its keys are the rows of
-// chunks c - before .. c + after (cyclic over the rounds, as Reformer does), in that order.
+// Folds one round's result for token `tok` into the running combination, and after the last round writes the
+// output row and lse: out = Σ_r exp(lse_r - lse) · o_r with lse = logsumexp_r(lse_r). o (Dv) is unnormalised, l its
+// softmax sum, m its max (log2 units), so o_r = o / l and lse_r = ln2 · (m + log2 l).
+template <DType T>
+void lsh_fold_round(const LshPlan& plan, int64_t b, int64_t h, int64_t tok, const float* o, float l, float m) {
+  using S = typename Elem<T>::Storage;
+  const LshAttentionParams& p = plan.p;
+  const int64_t Dv = p.head_dim_v;
+  const float lse_r = kLn2 * (m + std::log2(l));
+  S* out_row = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head + tok * p.out_stride.seq;
+  float* lse = p.lse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + tok : nullptr;
+  if (plan.rounds == 1) {
+    store_row<T>(o, Dv, 1.0f / l, out_row);
+    if (lse) *lse = lse_r;
+    return;
+  }
+  const int64_t at = (b * p.heads + h) * p.seqlen + tok;
+  float* acc = plan.acc.data() + at * Dv;
+  float& acc_max = plan.acc_max[at];
+  float& acc_sum = plan.acc_sum[at];
+  if (plan.round == 0) {
+    for (int64_t e = 0; e < Dv; ++e) acc[e] = o[e] / l;
+    acc_max = lse_r;
+    acc_sum = 1.0f;
+  } else {
+    const float new_max = std::max(acc_max, lse_r);
+    const float keep = std::exp(acc_max - new_max), w = std::exp(lse_r - new_max);
+    const float w_o = w / l;
+    for (int64_t e = 0; e < Dv; ++e) acc[e] = acc[e] * keep + o[e] * w_o;
+    acc_sum = acc_sum * keep + w;
+    acc_max = new_max;
+  }
+  if (plan.round == plan.rounds - 1) {
+    store_row<T>(acc, Dv, 1.0f / acc_sum, out_row);
+    if (lse) *lse = acc_max + std::log(acc_sum);
+  }
+}
+
+// Chunks [c_begin, c_end) of round plan.round of one (batch, head). Chunk c's queries are its own rows (raw qk); its
+// keys are the rows of chunks c - before .. c + after (cyclic over all rounds, as Reformer does), in that order.
 template <DType T>
 void lsh_attend_item(const LshPlan& plan, int64_t item, float* ws) {
   const LshAttentionParams& p = plan.p;
   const LshWorkspaceLayout lay(plan);
-  const int64_t per_head = LshPlan::blocks_of(plan.n_chunks, plan.chunks_per_item);
+  const int64_t per_head = LshPlan::blocks_of(plan.chunks_per_round, plan.chunks_per_item);
   const int64_t b = item / (p.heads * per_head), h = (item / per_head) % p.heads;
-  const int64_t c_begin = (item % per_head) * plan.chunks_per_item;
-  const int64_t c_end = std::min(plan.n_chunks, c_begin + plan.chunks_per_item);
-  const int64_t L = plan.chunk, D = p.head_dim, Dv = p.head_dim_v, dv_pad = round_up(Dv, kNR);
-  const int64_t S = p.seqlen;
+  const int64_t round_first = plan.round * plan.chunks_per_round;
+  const int64_t c_begin = round_first + (item % per_head) * plan.chunks_per_item;
+  const int64_t c_end = std::min(round_first + plan.chunks_per_round, c_begin + plan.chunks_per_item);
+  const int64_t L = plan.chunk, D = p.head_dim, dv_pad = round_up(p.head_dim_v, kNR);
   float* st = ws + lay.st;
   float* alpha = ws + lay.alpha;
 
@@ -232,11 +283,20 @@ void lsh_attend_item(const LshPlan& plan, int64_t item, float* ws) {
     return slot_of(u);
   };
 
+  if (c_begin + 1 < c_end) lsh_prefetch_chunk<T>(plan, b, h, c_begin + 1 + plan.after);
   for (int64_t c = c_begin; c < c_end; ++c) {
     for (int64_t u = c - plan.before; u <= c + plan.after; ++u) ensure(u);
-    if (c + 1 < c_end) lsh_prefetch_chunk<T>(plan, b, h, c + 1 + plan.after);
+    // Rows are gathered from random positions: request those of the chunk loaded two chunks from now, and the
+    // running-combination rows this chunk will update, so neither gather waits on memory.
+    if (c + 2 < c_end) lsh_prefetch_chunk<T>(plan, b, h, c + 2 + plan.after);
     const float* own = slot_of(c);
-    const int64_t round = (c * L) / S;  // a chunk never straddles two rounds (S % L == 0)
+    if (plan.rounds > 1)
+      for (int64_t j = 0; j < L; ++j) {
+        const int64_t at = (b * p.heads + h) * p.seqlen + int64_t(own[lay.pos + j]);
+        prefetch_row(plan.acc.data() + at * p.head_dim_v, p.head_dim_v * int64_t(sizeof(float)));
+        __builtin_prefetch(plan.acc_max.data() + at, 0, 2);
+        __builtin_prefetch(plan.acc_sum.data() + at, 0, 2);
+      }
 
     for (int64_t q0 = 0; q0 < L; q0 += kQueriesPerGroup) {  // queries of the chunk, up to kSubTiles tiles at a time
       const int n_sub = int(std::min<int64_t>(kSubTiles, (L - q0 + kBlockQ - 1) / kBlockQ));
@@ -271,53 +331,16 @@ void lsh_attend_item(const LshPlan& plan, int64_t item, float* ws) {
           }
         }
       }
-      // This round's output and log-sum-exp, at the queries' original positions.
-      float* out_round = plan.round_out_at(b, h, round);
-      float* lse_round = plan.round_lse_at(b, h, round);
+      // This round's result, folded in at the queries' original positions.
       for (int t = 0; t < n_sub; ++t) {
         const float* o = ws + lay.o + t * lay.o_size;
         const float* m = ws + lay.m + t * kBlockQ;
-        const float* l = ws + lay.l + t * kBlockQ;
+        const float* l = ws + lay.l + t * kBlockQ;  // >= 1: scores are replaced, never -inf, so no row is empty
         const float* pos_q = ws + lay.pos_q + t * kBlockQ;
-        for (int64_t col = 0; col < nq[t]; ++col) {
-          const int64_t tok = int64_t(pos_q[col]);
-          const float inv = 1.0f / l[col];  // l >= 1: scores are replaced, never -inf, so no row is empty
-          float* dst = out_round + tok * Dv;
-          for (int64_t e = 0; e < Dv; ++e) dst[e] = o[col * dv_pad + e] * inv;
-          lse_round[tok] = kLn2 * (m[col] + std::log2(l[col]));
-        }
+        for (int64_t col = 0; col < nq[t]; ++col)
+          lsh_fold_round<T>(plan, b, h, int64_t(pos_q[col]), o + col * dv_pad, l[col], m[col]);
       }
     }
-  }
-}
-
-// ---- phase 4: combining the rounds ----------------------------------------------------------------------------------
-// out = Σ_r exp(lse_r - lse) · o_r with lse = logsumexp_r(lse_r), for tokens [t0, t0 + n) of one (batch, head).
-template <DType T>
-void lsh_combine_item(const LshPlan& plan, int64_t item, float* ws) {
-  using S = typename Elem<T>::Storage;
-  const LshAttentionParams& p = plan.p;
-  const int64_t blocks = LshPlan::blocks_of(p.seqlen, plan.tokens_per_item);
-  const int64_t b = item / (p.heads * blocks), h = (item / blocks) % p.heads;
-  const int64_t t0 = (item % blocks) * plan.tokens_per_item;
-  const int64_t n = std::min(plan.tokens_per_item, p.seqlen - t0);
-  const int64_t Dv = p.head_dim_v, R = plan.rounds;
-  S* out_head = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
-  float* acc = ws;  // (Dv)
-  float weight[64];
-  for (int64_t t = t0; t < t0 + n; ++t) {
-    float mx = -INFINITY;
-    for (int64_t r = 0; r < R; ++r) mx = std::max(mx, plan.round_lse_at(b, h, r)[t]);
-    float sum = 0.0f;
-    for (int64_t r = 0; r < R; ++r) sum += weight[r] = std::exp(plan.round_lse_at(b, h, r)[t] - mx);
-    std::fill(acc, acc + Dv, 0.0f);
-    for (int64_t r = 0; r < R; ++r) {
-      const float w = weight[r] / sum;
-      const float* o = plan.round_out_at(b, h, r) + t * Dv;
-      for (int64_t e = 0; e < Dv; ++e) acc[e] += w * o[e];
-    }
-    store_row<T>(acc, Dv, 1.0f, out_head + t * p.out_stride.seq);
-    if (p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + t] = mx + std::log(sum);
   }
 }
 
