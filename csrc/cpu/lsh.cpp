@@ -24,32 +24,31 @@ Status lsh_attention_forward(const LshAttentionParams& p) {
   plan.chunks_per_round = S / plan.chunk;
   const int64_t ws_floats = k.lsh_workspace_floats(plan);
 
-  // Phase 1: buckets, hashed or given.
-  if (chunked || p.buckets_out) {
-    plan.buckets.resize(B * H * NH * S);
-    if (p.buckets_in) {
-      for (int64_t i = 0; i < B * H * NH * S; ++i) {
-        const int64_t x = p.buckets_in[i];
-        if (x < 0 || x > p.n_buckets)
-          return Status::Invalid("buckets: got the value " + std::to_string(x) + " at flat index " +
-                                 std::to_string(i) + ", expected 0.." + std::to_string(p.n_buckets) +
-                                 " (n_buckets is the padding bucket)");
-        plan.buckets[i] = int32_t(x);
-      }
-    } else {
-      // (H, D, NH, half) -> (H, NH, half, D): each rotation vector a contiguous row for the micro-kernel
-      plan.rotations_t.resize(H * NH * half * p.head_dim);
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t d = 0; d < p.head_dim; ++d)
-          for (int64_t r = 0; r < NH; ++r)
-            for (int64_t j = 0; j < half; ++j)
-              plan.rotations_t[((h * NH + r) * half + j) * p.head_dim + d] =
-                  p.rotations[((h * p.head_dim + d) * NH + r) * half + j];
-      pool.parallel_for(plan.hash_items(), ws_floats,
-                        [&](int64_t item, float* ws) { k.lsh_hash_item(plan, item, ws); });
+  // Phase 1: key normalisation, and buckets, hashed or given.
+  plan.key_scale.resize(B * H * S);
+  plan.hash = !p.buckets_in && (chunked || p.buckets_out);
+  if (chunked || p.buckets_out) plan.buckets.resize(B * H * NH * S);
+  if (p.buckets_in && !plan.buckets.empty()) {
+    for (int64_t i = 0; i < B * H * NH * S; ++i) {
+      const int64_t x = p.buckets_in[i];
+      if (x < 0 || x > p.n_buckets)
+        return Status::Invalid("buckets: got the value " + std::to_string(x) + " at flat index " + std::to_string(i) +
+                               ", expected 0.." + std::to_string(p.n_buckets) + " (n_buckets is the padding bucket)");
+      plan.buckets[i] = int32_t(x);
     }
-    if (p.buckets_out) std::copy(plan.buckets.begin(), plan.buckets.end(), p.buckets_out);
   }
+  if (plan.hash) {
+    // (H, D, NH, half) -> (H, NH, half, D): each rotation vector a contiguous row for the micro-kernel
+    plan.rotations_t.resize(H * NH * half * p.head_dim);
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t d = 0; d < p.head_dim; ++d)
+        for (int64_t r = 0; r < NH; ++r)
+          for (int64_t j = 0; j < half; ++j)
+            plan.rotations_t[((h * NH + r) * half + j) * p.head_dim + d] =
+                p.rotations[((h * p.head_dim + d) * NH + r) * half + j];
+  }
+  pool.parallel_for(plan.hash_items(), ws_floats, [&](int64_t item, float* ws) { k.lsh_hash_item(plan, item, ws); });
+  if (p.buckets_out) std::copy(plan.buckets.begin(), plan.buckets.end(), p.buckets_out);
 
   // Phase 2: sort each round's (bucket, position) pairs: a stable counting sort, O(S + n_buckets).
   plan.sorted_pos.resize(B * H * plan.rounds * S);

@@ -18,13 +18,14 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 // ---- scratch ---------------------------------------------------------------------------------------------------------
 // One chunk slot holds a chunk's rows gathered in sorted order and converted to float32:
-//   raw (L, D) = qk rows (the queries), key (L, D) = normalised qk rows, val (L, dv_pad), pos (L) original
-//   positions, valid (L) 1 for a real token and 0 for padding (both as floats, for vector compares).
+//   raw (L, D) = qk rows, the chunk's queries and (scaled by key_scale) its keys; val (L, dv_pad); pos (L) original
+//   positions and valid (L) 1 for a real token, 0 for padding (both as floats, for vector compares); key_scale (L)
+//   each row's key normalisation rsqrt(mean(qk²) + 1e-6) / sqrt(D), applied to the score rows (s = q·k·scale).
 // The attend phase keeps chunks_before + chunks_after + 2 slots: the chunks the current chunk attends, plus the one
 // the next chunk adds, so each chunk is gathered once per item.
 struct LshWorkspaceLayout {
-  int64_t qt, o, m, l, st, alpha, pos_q, slots, total;
-  int64_t qt_size, o_size, slot_size, raw, key, val, pos, valid;  // offsets inside a slot
+  int64_t qt, o, m, l, st, alpha, pos_q, fold, slots, total;
+  int64_t qt_size, o_size, slot_size, raw, val, pos, valid, key_scale;  // offsets inside a slot
   int n_slots;
   explicit LshWorkspaceLayout(const LshPlan& plan) {
     const LshAttentionParams& p = plan.p;
@@ -40,13 +41,14 @@ struct LshWorkspaceLayout {
     st = take(int64_t(kBlockK) * kBlockQ);
     alpha = take(kBlockQ);
     pos_q = take(kSubTiles * kBlockQ);  // query positions per sub-tile / hash phase: the minus side's index
+    fold = take(3 * kBlockQ);           // round folding: keep factors and new maxima (2 x kBlockQ), weights
     int64_t s = 0;
     auto take_in_slot = [&](int64_t n) { const int64_t here = s; s += round_up(n, 16); return here; };
     raw = take_in_slot(L * D);
-    key = take_in_slot(L * D);
     val = take_in_slot(L * dv_pad);
     pos = take_in_slot(L);
     valid = take_in_slot(L);
+    key_scale = take_in_slot(L);
     slot_size = s;
     n_slots = int(plan.before + plan.after + 2);
     slots = take(n_slots * slot_size);
@@ -54,10 +56,55 @@ struct LshWorkspaceLayout {
   }
 };
 
-// ---- phase 1: hashing -----------------------------------------------------------------------------------------------
-// Buckets of tokens [t0, t0 + n) of one (batch, head), every round. The projections x·R_r come from the engine's
-// QKᵀ micro-kernel (rotation vectors as rows, tokens as columns), and the argmax of concat(xR, -xR) is a running
-// max and min per column: one SIMD lane per token, no horizontal reductions.
+// Projections of kNR tokens onto MR rotation vectors, folded straight from registers into each token's running
+// max / argmax and min / argmin (the projections never reach memory). Rows are taken in ascending order with strict
+// compares, so the first maximal (minimal) index wins a tie.
+//   rot (MR, D) row stride D;  qt (D, kNR) row stride kBlockQ;  state (4, kNR): max, argmax, min, argmin rows,
+//   row stride kBlockQ;  row0 = index of the first rotation vector
+template <int MR>
+LONGATTN_ALWAYS_INLINE void hash_microkernel(const float* rot, int64_t D, const float* qt, float* best_max,
+                                             float* arg_max, float* best_min, float* arg_min, int64_t row0) {
+  using Reg = typename Vec::Reg;
+  Reg acc[MR][kNV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < kNV; ++v) acc[r][v] = Vec::zero();
+  for (int64_t d = 0; d < D; ++d) {
+    Reg x[kNV];
+    for (int v = 0; v < kNV; ++v) x[v] = Vec::load(qt + d * kBlockQ + v * Vec::kWidth);
+    for (int r = 0; r < MR; ++r) {
+      const Reg a = Vec::broadcast(rot + r * D + d);
+      for (int v = 0; v < kNV; ++v) acc[r][v] = Vec::fmadd(a, x[v], acc[r][v]);
+    }
+  }
+  for (int v = 0; v < kNV; ++v) {
+    const int64_t c = v * Vec::kWidth;
+    Reg mx = Vec::load(best_max + c), amx = Vec::load(arg_max + c);
+    Reg mn = Vec::load(best_min + c), amn = Vec::load(arg_min + c);
+    for (int r = 0; r < MR; ++r) {
+      const Reg idx = Vec::set1(float(row0 + r));
+      amx = Vec::select_lt(mx, acc[r][v], idx, amx);
+      mx = Vec::max(mx, acc[r][v]);
+      amn = Vec::select_lt(acc[r][v], mn, idx, amn);
+      mn = Vec::min(mn, acc[r][v]);
+    }
+    Vec::store(best_max + c, mx);
+    Vec::store(arg_max + c, amx);
+    Vec::store(best_min + c, mn);
+    Vec::store(arg_min + c, amn);
+  }
+}
+template <int MR> struct HashRows {
+  static void run(const float* rot, int64_t D, const float* qt, float* mx, float* amx, float* mn, float* amn,
+                  int64_t row0) {
+    hash_microkernel<MR>(rot, D, qt, mx, amx, mn, amn, row0);
+  }
+};
+
+// ---- phase 1: key normalisation and hashing --------------------------------------------------------------------------
+// For tokens [t0, t0 + n) of one (batch, head): each key's normalisation factor, and unless buckets were given, the
+// buckets of every round. The projections x·R_r come from the engine's QKᵀ micro-kernel (rotation vectors as rows,
+// tokens as columns), and the argmax of concat(xR, -xR) is a running max and min per column: one SIMD lane per
+// token, no horizontal reductions.
 template <DType T>
 void lsh_hash_item(const LshPlan& plan, int64_t item, float* ws) {
   using S = typename Elem<T>::Storage;
@@ -74,12 +121,23 @@ void lsh_hash_item(const LshPlan& plan, int64_t item, float* ws) {
   float* st = ws + lay.st;
 
   const int n_sub = int((n + kBlockQ - 1) / kBlockQ);
+  const float inv_sqrt_d = 1.0f / std::sqrt(float(D));
   for (int t = 0; t < n_sub; ++t) {  // Qᵀ of each tile of tokens, unscaled
     const int64_t first = t0 + int64_t(t) * kBlockQ, nq = std::min<int64_t>(kBlockQ, t0 + n - first);
+    float* qt = ws + lay.qt + t * lay.qt_size;
     pack_query_tile<T>([&](int64_t c) { return qk_head + (first + c) * p.qk_stride.seq; }, nq, round_up(nq, kNR), D,
-                       1.0f, st, ws + lay.qt + t * lay.qt_size);
+                       1.0f, st, qt);
+    // key_scale = rsqrt(mean(qk²) + 1e-6) / sqrt(D): Σ qk² per column of Qᵀ, one token per lane
+    float* sum_sq = ws + lay.alpha;  // (kBlockQ)
+    for (int64_t c = 0; c < kBlockQ; c += W) {
+      Reg acc = Vec::zero();
+      for (int64_t d = 0; d < D; ++d) acc = Vec::fmadd(Vec::load(qt + d * kBlockQ + c), Vec::load(qt + d * kBlockQ + c), acc);
+      Vec::store(sum_sq + c, acc);
+    }
+    float* scale = plan.key_scale_at(b, h) + first;
+    for (int64_t c = 0; c < nq; ++c) scale[c] = inv_sqrt_d / std::sqrt(sum_sq[c] / float(D) + 1e-6f);
   }
-  for (int64_t r = 0; r < p.n_hashes; ++r) {
+  for (int64_t r = 0; plan.hash && r < p.n_hashes; ++r) {
     const float* rot = plan.rotations_t.data() + (h * p.n_hashes + r) * half * D;  // (half, D)
     for (int t = 0; t < n_sub; ++t) {
       const int64_t first = t0 + int64_t(t) * kBlockQ, nq = std::min<int64_t>(kBlockQ, t0 + n - first);
@@ -93,33 +151,15 @@ void lsh_hash_item(const LshPlan& plan, int64_t item, float* ws) {
       std::fill(best_min, best_min + nq_pad, INFINITY);
       std::fill(arg_max, arg_max + nq_pad, 0.0f);
       std::fill(arg_min, arg_min + nq_pad, 0.0f);
-      for (int64_t j0 = 0; j0 < half; j0 += kBlockK) {
-        const int64_t nr = std::min<int64_t>(kBlockK, half - j0);
-        // St (nr, nq_pad) = R_r[:, j0:j0+nr]ᵀ · Xᵀ
-        int64_t j = 0;
-        for (; j + kMR <= nr; j += kMR)
-          for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
-            qk_microkernel<kMR>(rot + (j0 + j) * D, D, D, qt + c0, st + j * kBlockQ + c0);
-        if (j < nr)
-          for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
-            with_rows<QkRows>(int(nr - j), rot + (j0 + j) * D, D, D, qt + c0, st + j * kBlockQ + c0);
-        // Rows in ascending order with strict compares: the first maximal (minimal) index wins a tie.
-        for (int64_t c = 0; c < nq_pad; c += W) {
-          Reg mx = Vec::load(best_max + c), amx = Vec::load(arg_max + c);
-          Reg mn = Vec::load(best_min + c), amn = Vec::load(arg_min + c);
-          for (int64_t jj = 0; jj < nr; ++jj) {
-            const Reg x = Vec::load(st + jj * kBlockQ + c), idx = Vec::set1(float(j0 + jj));
-            amx = Vec::select_lt(mx, x, idx, amx);
-            mx = Vec::select_lt(mx, x, x, mx);
-            amn = Vec::select_lt(x, mn, idx, amn);
-            mn = Vec::select_lt(x, mn, x, mn);
-          }
-          Vec::store(best_max + c, mx);
-          Vec::store(arg_max + c, amx);
-          Vec::store(best_min + c, mn);
-          Vec::store(arg_min + c, amn);
-        }
-      }
+      // Rotation vectors in blocks of kMR (ascending), each block meeting every panel of kNR tokens.
+      int64_t j = 0;
+      for (; j + kMR <= half; j += kMR)
+        for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
+          hash_microkernel<kMR>(rot + j * D, D, qt + c0, best_max + c0, arg_max + c0, best_min + c0, arg_min + c0, j);
+      if (j < half)
+        for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
+          with_rows<HashRows>(int(half - j), rot + j * D, D, qt + c0, best_max + c0, arg_max + c0, best_min + c0,
+                              arg_min + c0, j);
       // concat(xR, -xR): the + half comes first, so it wins when max(xR) == max(-xR).
       int32_t* out = plan.buckets_at(b, h, r) + first;
       for (int64_t c = 0; c < nq; ++c) {
@@ -134,21 +174,6 @@ void lsh_hash_item(const LshPlan& plan, int64_t item, float* ws) {
 }
 
 // ---- phase 3: chunked attention -------------------------------------------------------------------------------------
-// Σ x[i]², vectorised (a fixed summation order, so the result is the same on every call).
-inline float sum_of_squares(const float* x, int64_t n) {
-  int64_t i = 0;
-  float total = 0.0f;
-#if !defined(LONGATTN_ISA_SCALAR)
-  typename Vec::Reg acc = Vec::zero();
-  for (; i + Vec::kWidth <= n; i += Vec::kWidth) acc = Vec::fmadd(Vec::load(x + i), Vec::load(x + i), acc);
-  alignas(64) float lanes[Vec::kWidth];
-  Vec::store(lanes, acc);
-  for (int j = 0; j < Vec::kWidth; ++j) total += lanes[j];
-#endif
-  for (; i < n; ++i) total += x[i] * x[i];
-  return total;
-}
-
 // Gathers the rows of sorted chunk `chunk` (any integer; the data is chunk mod n_chunks) into a slot.
 template <DType T>
 void lsh_load_slot(const LshPlan& plan, const LshWorkspaceLayout& lay, int64_t b, int64_t h, int64_t chunk,
@@ -160,15 +185,11 @@ void lsh_load_slot(const LshPlan& plan, const LshWorkspaceLayout& lay, int64_t b
   const int32_t* sorted = plan.sorted_at(b, h) + c * L;
   const S* qk_head = static_cast<const S*>(p.qk) + b * p.qk_stride.batch + h * p.qk_stride.head;
   const S* v_head = static_cast<const S*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head;
-  const float inv_sqrt_d = 1.0f / std::sqrt(float(D));
+  const float* key_scale = plan.key_scale_at(b, h);
   for (int64_t j = 0; j < L; ++j) {
     const int64_t tok = sorted[j];
-    float* raw = slot + lay.raw + j * D;
-    float* key = slot + lay.key + j * D;
-    load_row_f32<T>(qk_head + tok * p.qk_stride.seq, D, 1.0f, raw);
-    // key = qk * rsqrt(mean(qk²) + 1e-6) / sqrt(D)
-    const float norm = inv_sqrt_d / std::sqrt(sum_of_squares(raw, D) / float(D) + 1e-6f);
-    load_row_f32<DType::kFloat32>(raw, D, norm, key);
+    load_row_f32<T>(qk_head + tok * p.qk_stride.seq, D, 1.0f, slot + lay.raw + j * D);
+    slot[lay.key_scale + j] = key_scale[tok];
     float* val = slot + lay.val + j * dv_pad;
     load_row_f32<T>(v_head + tok * p.v_stride.seq, Dv, 1.0f, val);
     std::fill(val + Dv, val + dv_pad, 0.0f);
@@ -194,63 +215,94 @@ void lsh_prefetch_chunk(const LshPlan& plan, int64_t b, int64_t h, int64_t chunk
   }
 }
 
-// Scores of key rows [0, nk) (positions pos_k, validity valid_k) against query columns (positions pos_q), in log2
-// units: a padding key, or with causal a key after the query, is replaced by -1e9; then a key at the query's own
-// position by -1e5 (SPEC §3 step 6: replaced, not -inf, so a token with nothing else to see attends itself).
+// Scores of key rows [0, nk) (positions pos_k, validity valid_k, normalisation key_scale) against query columns
+// (positions pos_q), in log2 units: each row is first scaled by its key's normalisation, then a padding key, or with
+// causal a key after the query, is replaced by -1e9, and a key at the query's own position by -1e5 (SPEC §3 step
+// 6: replaced, not -inf, so a token with nothing else to see attends itself).
 inline void lsh_mask_scores(float* st, int64_t nk, int64_t nq_pad, const float* pos_k, const float* valid_k,
-                            const float* pos_q, bool causal) {
+                            const float* key_scale, const float* pos_q, bool causal) {
   using Reg = typename Vec::Reg;
   constexpr int W = Vec::kWidth;
   const Reg hidden = Vec::set1(-1e9f * kLog2e), self = Vec::set1(-1e5f * kLog2e);
   for (int64_t jj = 0; jj < nk; ++jj) {
     float* row = st + jj * kBlockQ;
-    const Reg pk = Vec::set1(pos_k[jj]);
+    const Reg pk = Vec::set1(pos_k[jj]), scale = Vec::set1(key_scale[jj]);
     const bool padding = valid_k[jj] == 0.0f;
     for (int64_t c = 0; c < nq_pad; c += W) {
       const Reg pq = Vec::load(pos_q + c);
-      Reg s = padding ? hidden : Vec::load(row + c);
+      Reg s = padding ? hidden : Vec::mul(Vec::load(row + c), scale);
       if (causal) s = Vec::select_lt(pq, pk, hidden, s);  // key after the query
       Vec::store(row + c, Vec::select_eq(pq, pk, self, s));
     }
   }
 }
 
-// Folds one round's result for token `tok` into the running combination, and after the last round writes the
-// output row and lse: out = Σ_r exp(lse_r - lse) · o_r with lse = logsumexp_r(lse_r). o (Dv) is unnormalised, l its
-// softmax sum, m its max (log2 units), so o_r = o / l and lse_r = ln2 · (m + log2 l).
+// Folds one query tile's results of this round into the running combination at the queries' original positions,
+// and after the last round writes the output rows and lse. Everything stays in log2 units: a query's round result
+// is o / l with log-sum-exp L = m + log2(l) (o unnormalised, l its softmax sum, m its max), so its weight in
+// out = Σ_r 2^(L_r - L) · o_r / l_r is proportional to 2^m · l, and its contribution to 2^m · o. The running state is
+// acc = Σ 2^(m_r - M) · o_r, acc_sum = Σ 2^(m_r - M) · l_r, M = max_r m_r; out = acc / acc_sum at the end, and
+// lse = ln2 · (M + log2(acc_sum)). The exponentials of a tile are computed together, one query per SIMD lane.
 template <DType T>
-void lsh_fold_round(const LshPlan& plan, int64_t b, int64_t h, int64_t tok, const float* o, float l, float m) {
+void lsh_fold_tile(const LshPlan& plan, int64_t b, int64_t h, int64_t nq, const float* pos_q, const float* o,
+                   int64_t ldo, const float* m, const float* l, float* keep, float* weight) {
   using S = typename Elem<T>::Storage;
+  using Reg = typename Vec::Reg;
+  constexpr int W = Vec::kWidth;
   const LshAttentionParams& p = plan.p;
   const int64_t Dv = p.head_dim_v;
-  const float lse_r = kLn2 * (m + std::log2(l));
-  S* out_row = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head + tok * p.out_stride.seq;
-  float* lse = p.lse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + tok : nullptr;
+  S* out_head = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
+  float* lse_head = p.lse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride : nullptr;
+  const auto tok_of = [&](int64_t c) { return int64_t(pos_q[c]); };
   if (plan.rounds == 1) {
-    store_row<T>(o, Dv, 1.0f / l, out_row);
-    if (lse) *lse = lse_r;
+    for (int64_t c = 0; c < nq; ++c) {
+      store_row<T>(o + c * ldo, Dv, 1.0f / l[c], out_head + tok_of(c) * p.out_stride.seq);
+      if (lse_head) lse_head[tok_of(c)] = kLn2 * (m[c] + std::log2(l[c]));
+    }
     return;
   }
-  const int64_t at = (b * p.heads + h) * p.seqlen + tok;
-  float* acc = plan.acc.data() + at * Dv;
-  float& acc_max = plan.acc_max[at];
-  float& acc_sum = plan.acc_sum[at];
+  const int64_t base = (b * p.heads + h) * p.seqlen;
+  float* acc = plan.acc.data() + base * Dv;
+  float* acc_max = plan.acc_max.data() + base;
+  float* acc_sum = plan.acc_sum.data() + base;
   if (plan.round == 0) {
-    for (int64_t e = 0; e < Dv; ++e) acc[e] = o[e] / l;
-    acc_max = lse_r;
-    acc_sum = 1.0f;
+    for (int64_t c = 0; c < nq; ++c) {
+      std::copy(o + c * ldo, o + c * ldo + Dv, acc + tok_of(c) * Dv);
+      acc_max[tok_of(c)] = m[c];
+      acc_sum[tok_of(c)] = l[c];
+    }
   } else {
-    const float new_max = std::max(acc_max, lse_r);
-    const float keep = std::exp(acc_max - new_max), w = std::exp(lse_r - new_max);
-    const float w_o = w / l;
-    for (int64_t e = 0; e < Dv; ++e) acc[e] = acc[e] * keep + o[e] * w_o;
-    acc_sum = acc_sum * keep + w;
-    acc_max = new_max;
+    // keep = 2^(M - M'), weight = 2^(m - M') with M' = max(M, m): vectors of queries
+    float* old_max = keep;
+    for (int64_t c = 0; c < nq; ++c) old_max[c] = acc_max[tok_of(c)];
+    const int64_t nq_pad = round_up(nq, W);
+    std::fill(old_max + nq, old_max + nq_pad, 0.0f);
+    for (int64_t c = 0; c < nq_pad; c += W) {
+      const Reg M = Vec::load(old_max + c), mr = Vec::load(m + c), M_new = Vec::max(M, mr);
+      Vec::store(weight + c, Vec::exp2(Vec::sub(mr, M_new)));
+      Vec::store(keep + c, Vec::exp2(Vec::sub(M, M_new)));
+      Vec::store(old_max + c + kBlockQ, M_new);  // staged next to keep (the caller gives 2 * kBlockQ floats)
+    }
+    for (int64_t c = 0; c < nq; ++c) {
+      const int64_t tok = tok_of(c);
+      float* a = acc + tok * Dv;
+      const float* oc = o + c * ldo;
+      int64_t e = 0;
+#if !defined(LONGATTN_ISA_SCALAR)
+      const Reg k = Vec::set1(keep[c]), w = Vec::set1(weight[c]);
+      for (; e + W <= Dv; e += W) Vec::store(a + e, Vec::fmadd(Vec::load(oc + e), w, Vec::mul(Vec::load(a + e), k)));
+#endif
+      for (; e < Dv; ++e) a[e] = oc[e] * weight[c] + a[e] * keep[c];
+      acc_sum[tok] = l[c] * weight[c] + acc_sum[tok] * keep[c];
+      acc_max[tok] = old_max[c + kBlockQ];
+    }
   }
-  if (plan.round == plan.rounds - 1) {
-    store_row<T>(acc, Dv, 1.0f / acc_sum, out_row);
-    if (lse) *lse = acc_max + std::log(acc_sum);
-  }
+  if (plan.round == plan.rounds - 1)
+    for (int64_t c = 0; c < nq; ++c) {
+      const int64_t tok = tok_of(c);
+      store_row<T>(acc + tok * Dv, Dv, 1.0f / acc_sum[tok], out_head + tok * p.out_stride.seq);
+      if (lse_head) lse_head[tok] = kLn2 * (acc_max[tok] + std::log2(acc_sum[tok]));
+    }
 }
 
 // Chunks [c_begin, c_end) of round plan.round of one (batch, head). Chunk c's queries are its own rows (raw qk); its
@@ -320,26 +372,22 @@ void lsh_attend_item(const LshPlan& plan, int64_t item, float* ws) {
           const int64_t nk = std::min<int64_t>(kBlockK, L - j0);
           for (int t = 0; t < n_sub; ++t) {
             const float* pos_q = ws + lay.pos_q + t * kBlockQ;
-            attend_key_block(nq[t], nk, D, dv_pad, slot + lay.key + j0 * D, slot + lay.val + j0 * dv_pad,
+            attend_key_block(nq[t], nk, D, dv_pad, slot + lay.raw + j0 * D, slot + lay.val + j0 * dv_pad,
                              ws + lay.qt + t * lay.qt_size, st, ws + lay.o + t * lay.o_size, ws + lay.m + t * kBlockQ,
                              ws + lay.l + t * kBlockQ, alpha,
                              [&](float* s, int64_t nq_pad) {
-                               lsh_mask_scores(s, nk, nq_pad, slot + lay.pos + j0, slot + lay.valid + j0, pos_q,
-                                               p.causal);
+                               lsh_mask_scores(s, nk, nq_pad, slot + lay.pos + j0, slot + lay.valid + j0,
+                                               slot + lay.key_scale + j0, pos_q, p.causal);
                              },
                              nullptr);
           }
         }
       }
-      // This round's result, folded in at the queries' original positions.
-      for (int t = 0; t < n_sub; ++t) {
-        const float* o = ws + lay.o + t * lay.o_size;
-        const float* m = ws + lay.m + t * kBlockQ;
-        const float* l = ws + lay.l + t * kBlockQ;  // >= 1: scores are replaced, never -inf, so no row is empty
-        const float* pos_q = ws + lay.pos_q + t * kBlockQ;
-        for (int64_t col = 0; col < nq[t]; ++col)
-          lsh_fold_round<T>(plan, b, h, int64_t(pos_q[col]), o + col * dv_pad, l[col], m[col]);
-      }
+      // This round's result, folded in at the queries' original positions. l >= 1: scores are replaced, never
+      // -inf, so no row is empty.
+      for (int t = 0; t < n_sub; ++t)
+        lsh_fold_tile<T>(plan, b, h, nq[t], ws + lay.pos_q + t * kBlockQ, ws + lay.o + t * lay.o_size, dv_pad,
+                         ws + lay.m + t * kBlockQ, ws + lay.l + t * kBlockQ, ws + lay.fold, ws + lay.fold + 2 * kBlockQ);
     }
   }
 }

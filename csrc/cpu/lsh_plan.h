@@ -1,7 +1,7 @@
 // What the work items of one LSH attention call share (SPEC §3), built once per call by lsh.cpp.
 //
 // Phases, each a parallel loop over independent items:
-//   1. hash     (batch, head, block of tokens): buckets of every round (skipped when buckets are given)
+//   1. hash     (batch, head, block of tokens): each key's normalisation; buckets of every round (unless given)
 //   2. sort     (batch, head, round): a stable counting sort of the round's buckets -> sorted positions
 //   3. attend   one parallel loop per round r, over (batch, head, run of consecutive chunks of round r): chunked
 //               attention; each token's result is folded into a running combination of the rounds at its original
@@ -27,13 +27,15 @@ struct LshPlan {
   int64_t chunks_per_item = 1;    // attend phase: consecutive chunks share gathered rows
   int64_t tokens_per_item = 512;  // hash phase
   int64_t round = 0;              // the round the attend phase is working on
+  bool hash = true;               // phase 1 hashes (else the buckets were given and it only normalises keys)
 
   // Scratch, owned by the call (B batch, H heads, S seqlen, R rounds); items write disjoint parts of it.
   mutable std::vector<int32_t> buckets;    // (B, H, n_hashes, S): hashed, or a copy of buckets_in
   mutable std::vector<int32_t> sorted_pos; // (B, H, R * S): original position of each sorted item
   std::vector<float> rotations_t;          // (H, n_hashes, n_buckets / 2, head_dim): rotations, transposed
+  mutable std::vector<float> key_scale;    // (B, H, S): rsqrt(mean(qk²) + 1e-6) / sqrt(D) of each token
   // The running combination of the rounds so far (only when R > 1), per token at its original position:
-  // acc = Σ_r exp(lse_r - acc_max) · o_r and acc_sum = Σ_r exp(lse_r - acc_max); out = acc / acc_sum at the end.
+  // in log2 units, acc = Σ_r 2^(m_r - acc_max) · o_r (unnormalised), acc_sum = Σ_r 2^(m_r - acc_max) · l_r.
   mutable std::vector<float> acc;          // (B, H, S, head_dim_v)
   mutable std::vector<float> acc_max;      // (B, H, S)
   mutable std::vector<float> acc_sum;      // (B, H, S)
@@ -41,6 +43,7 @@ struct LshPlan {
   int32_t* buckets_at(int64_t b, int64_t h, int64_t r) const {
     return buckets.data() + ((b * p.heads + h) * p.n_hashes + r) * p.seqlen;
   }
+  float* key_scale_at(int64_t b, int64_t h) const { return key_scale.data() + (b * p.heads + h) * p.seqlen; }
   int32_t* sorted_at(int64_t b, int64_t h) const { return sorted_pos.data() + (b * p.heads + h) * rounds * p.seqlen; }
 
   explicit LshPlan(const LshAttentionParams& params) : p(params) {}

@@ -85,6 +85,7 @@ struct Vec {
   static Reg add(Reg a, Reg b) { return a + b; }
   static Reg sub(Reg a, Reg b) { return a - b; }
   static Reg max(Reg a, Reg b) { return a > b ? a : b; }  // a NaN in b is dropped; NaN rows still end NaN via exp2
+  static Reg min(Reg a, Reg b) { return a < b ? a : b; }
   // 2^x for x <= 0 (x = -inf gives 0); NaN in, NaN out.
   static Reg exp2(Reg x) {
     if (x != x) return x;
@@ -121,6 +122,7 @@ struct Vec {
   static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
   static Reg sub(Reg a, Reg b) { return _mm256_sub_ps(a, b); }
   static Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
+  static Reg min(Reg a, Reg b) { return _mm256_min_ps(a, b); }
   static Reg exp2(Reg x) {
     const Reg flushed = _mm256_cmp_ps(x, _mm256_set1_ps(kExp2Min), _CMP_LT_OQ);  // false for NaN
     x = _mm256_max_ps(_mm256_set1_ps(kExp2Min), x);  // max(c, NaN) returns NaN: NaN propagates
@@ -176,6 +178,7 @@ struct Vec {
   static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
   static Reg sub(Reg a, Reg b) { return _mm512_sub_ps(a, b); }
   static Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
+  static Reg min(Reg a, Reg b) { return _mm512_min_ps(a, b); }
   static Reg exp2(Reg x) {
     const __mmask16 kept = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExp2Min), _CMP_NLT_UQ);  // true for NaN
     x = _mm512_max_ps(_mm512_set1_ps(kExp2Min), x);
