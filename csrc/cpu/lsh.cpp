@@ -71,9 +71,7 @@ Status lsh_attention_forward(const LshAttentionParams& p) {
   // consecutive chunks (each chunk's rows are gathered once and reused by the chunks that look back at it),
   // keeping a few items per thread for balance.
   if (plan.rounds > 1) {
-    plan.acc.resize(B * H * S * p.head_dim_v);
-    plan.acc_max.resize(B * H * S);
-    plan.acc_sum.resize(B * H * S);
+    plan.acc.resize(B * H * S * plan.acc_stride());
   }
   plan.chunks_per_item =
       std::clamp<int64_t>(B * H * plan.chunks_per_round / (4 * int64_t(pool.num_threads())), 1, 64);

@@ -262,19 +262,22 @@ void lsh_fold_tile(const LshPlan& plan, int64_t b, int64_t h, int64_t nq, const 
     return;
   }
   const int64_t base = (b * p.heads + h) * p.seqlen;
-  float* acc = plan.acc.data() + base * Dv;
-  float* acc_max = plan.acc_max.data() + base;
-  float* acc_sum = plan.acc_sum.data() + base;
+  // One block per token: acc (Dv), then its max and sum, so a token's state is one run of cache lines.
+  const int64_t ld = plan.acc_stride();
+  float* state = plan.acc.data() + base * ld;
+  const auto acc_of = [&](int64_t tok) { return state + tok * ld; };
+  const auto max_of = [&](int64_t tok) -> float& { return state[tok * ld + Dv]; };
+  const auto sum_of = [&](int64_t tok) -> float& { return state[tok * ld + Dv + 1]; };
   if (plan.round == 0) {
     for (int64_t c = 0; c < nq; ++c) {
-      std::copy(o + c * ldo, o + c * ldo + Dv, acc + tok_of(c) * Dv);
-      acc_max[tok_of(c)] = m[c];
-      acc_sum[tok_of(c)] = l[c];
+      std::copy(o + c * ldo, o + c * ldo + Dv, acc_of(tok_of(c)));
+      max_of(tok_of(c)) = m[c];
+      sum_of(tok_of(c)) = l[c];
     }
   } else {
     // keep = 2^(M - M'), weight = 2^(m - M') with M' = max(M, m): vectors of queries
     float* old_max = keep;
-    for (int64_t c = 0; c < nq; ++c) old_max[c] = acc_max[tok_of(c)];
+    for (int64_t c = 0; c < nq; ++c) old_max[c] = max_of(tok_of(c));
     const int64_t nq_pad = round_up(nq, W);
     std::fill(old_max + nq, old_max + nq_pad, 0.0f);
     for (int64_t c = 0; c < nq_pad; c += W) {
@@ -285,7 +288,7 @@ void lsh_fold_tile(const LshPlan& plan, int64_t b, int64_t h, int64_t nq, const 
     }
     for (int64_t c = 0; c < nq; ++c) {
       const int64_t tok = tok_of(c);
-      float* a = acc + tok * Dv;
+      float* a = acc_of(tok);
       const float* oc = o + c * ldo;
       int64_t e = 0;
 #if !defined(LONGATTN_ISA_SCALAR)
@@ -293,15 +296,15 @@ void lsh_fold_tile(const LshPlan& plan, int64_t b, int64_t h, int64_t nq, const 
       for (; e + W <= Dv; e += W) Vec::store(a + e, Vec::fmadd(Vec::load(oc + e), w, Vec::mul(Vec::load(a + e), k)));
 #endif
       for (; e < Dv; ++e) a[e] = oc[e] * weight[c] + a[e] * keep[c];
-      acc_sum[tok] = l[c] * weight[c] + acc_sum[tok] * keep[c];
-      acc_max[tok] = old_max[c + kBlockQ];
+      sum_of(tok) = l[c] * weight[c] + sum_of(tok) * keep[c];
+      max_of(tok) = old_max[c + kBlockQ];
     }
   }
   if (plan.round == plan.rounds - 1)
     for (int64_t c = 0; c < nq; ++c) {
       const int64_t tok = tok_of(c);
-      store_row<T>(acc + tok * Dv, Dv, 1.0f / acc_sum[tok], out_head + tok * p.out_stride.seq);
-      if (lse_head) lse_head[tok] = kLn2 * (acc_max[tok] + std::log2(acc_sum[tok]));
+      store_row<T>(acc_of(tok), Dv, 1.0f / sum_of(tok), out_head + tok * p.out_stride.seq);
+      if (lse_head) lse_head[tok] = kLn2 * (max_of(tok) + std::log2(sum_of(tok)));
     }
 }
 
@@ -345,9 +348,7 @@ void lsh_attend_item(const LshPlan& plan, int64_t item, float* ws) {
     if (plan.rounds > 1)
       for (int64_t j = 0; j < L; ++j) {
         const int64_t at = (b * p.heads + h) * p.seqlen + int64_t(own[lay.pos + j]);
-        prefetch_row(plan.acc.data() + at * p.head_dim_v, p.head_dim_v * int64_t(sizeof(float)));
-        __builtin_prefetch(plan.acc_max.data() + at, 0, 2);
-        __builtin_prefetch(plan.acc_sum.data() + at, 0, 2);
+        prefetch_row(plan.acc.data() + at * plan.acc_stride(), (p.head_dim_v + 2) * int64_t(sizeof(float)));
       }
 
     for (int64_t q0 = 0; q0 < L; q0 += kQueriesPerGroup) {  // queries of the chunk, up to kSubTiles tiles at a time

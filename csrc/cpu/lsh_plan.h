@@ -36,9 +36,8 @@ struct LshPlan {
   mutable std::vector<float> key_scale;    // (B, H, S): rsqrt(mean(qk²) + 1e-6) / sqrt(D) of each token
   // The running combination of the rounds so far (only when R > 1), per token at its original position:
   // in log2 units, acc = Σ_r 2^(m_r - acc_max) · o_r (unnormalised), acc_sum = Σ_r 2^(m_r - acc_max) · l_r.
-  mutable std::vector<float> acc;          // (B, H, S, head_dim_v)
-  mutable std::vector<float> acc_max;      // (B, H, S)
-  mutable std::vector<float> acc_sum;      // (B, H, S)
+  mutable std::vector<float> acc;          // (B, H, S, acc_stride()): acc (head_dim_v), acc_max, acc_sum, padding
+  int64_t acc_stride() const { return (p.head_dim_v + 2 + 15) / 16 * 16; }  // whole cache lines per token
 
   int32_t* buckets_at(int64_t b, int64_t h, int64_t r) const {
     return buckets.data() + ((b * p.heads + h) * p.n_hashes + r) * p.seqlen;
