@@ -1,6 +1,12 @@
 // The public entry points: check, skip empty work, dispatch by device.
 #include "../cpu/cpu_backend.h"
 #include "longattn/longattn.h"
+#if defined(LONGATTN_WITH_CUDA)
+#include "../cuda/cuda_backend.h"
+#endif
+#ifndef LONGATTN_CUDA_ARCHS
+#define LONGATTN_CUDA_ARCHS ""
+#endif
 
 #ifndef LONGATTN_VERSION
 #define LONGATTN_VERSION "0.0.0"
@@ -17,11 +23,33 @@ Status attention_forward(const AttentionParams& p) {
   switch (p.device) {
     case Device::kCpu: return cpu::attention_forward(p);
     case Device::kCuda:
-      return Status::Unsupported("device: cuda is not supported yet (this build has no CUDA kernels); "
-                                 "use CPU tensors");
+#if defined(LONGATTN_WITH_CUDA)
+      return cuda::attention_forward(p);
+#else
+      return Status::Unsupported("device: this longattn build has no CUDA kernels (built without nvcc); "
+                                 "use CPU tensors or rebuild with the CUDA toolkit");
+#endif
   }
   return Status::Invalid("device: unknown");
 }
+
+int64_t attention_workspace_bytes(const AttentionParams& p) {
+#if defined(LONGATTN_WITH_CUDA)
+  if (p.device == Device::kCuda) return cuda::workspace_bytes(p);
+#endif
+  (void)p;
+  return 0;
+}
+
+bool cuda_kernels_built() {
+#if defined(LONGATTN_WITH_CUDA)
+  return true;
+#else
+  return false;
+#endif
+}
+
+const char* cuda_architectures() { return LONGATTN_CUDA_ARCHS; }
 
 Status lsh_attention_forward(const LshAttentionParams& p) {
   Status st = check_lsh_params(p);

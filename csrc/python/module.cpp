@@ -45,7 +45,8 @@ void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, 
                           const std::array<int64_t, 3>& v_strides, const std::array<int64_t, 3>& out_strides,
                           const std::array<int64_t, 2>& lse_strides, double scale, bool causal, int64_t window_left,
                           int64_t window_right, const std::vector<int64_t>& dilation, uintptr_t global_tokens,
-                          const std::array<int64_t, 2>& global_strides, uintptr_t stream) {
+                          const std::array<int64_t, 2>& global_strides, uintptr_t stream, uintptr_t workspace,
+                          int64_t workspace_bytes) {
   AttentionParams p;
   p.q = reinterpret_cast<const void*>(q);
   p.k = reinterpret_cast<const void*>(k);
@@ -81,6 +82,8 @@ void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, 
   p.global_tokens = reinterpret_cast<const uint8_t*>(global_tokens);
   p.global_batch_stride = global_strides[0];
   p.global_seq_stride = global_strides[1];
+  p.workspace = reinterpret_cast<void*>(workspace);
+  p.workspace_bytes = workspace_bytes;
   p.stream = reinterpret_cast<void*>(stream);
   Status st;
   {
@@ -147,7 +150,20 @@ PYBIND11_MODULE(_C, m) {
         py::arg("lse"), py::arg("dtype"), py::arg("device"), py::arg("sizes"), py::arg("q_strides"),
         py::arg("k_strides"), py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"),
         py::arg("scale"), py::arg("causal"), py::arg("window_left"), py::arg("window_right"),
-        py::arg("dilation"), py::arg("global_tokens"), py::arg("global_strides"), py::arg("stream"));
+        py::arg("dilation"), py::arg("global_tokens"), py::arg("global_strides"), py::arg("stream"),
+        py::arg("workspace") = 0, py::arg("workspace_bytes") = 0);
+  m.def(
+      "cuda_workspace_bytes",
+      [](int64_t batch, int64_t seqlen_k, bool global_tokens) {
+        AttentionParams p;
+        p.device = Device::kCuda;
+        p.batch = batch;
+        p.seqlen_k = seqlen_k;
+        static const uint8_t any = 1;
+        p.global_tokens = global_tokens ? &any : nullptr;
+        return attention_workspace_bytes(p);
+      },
+      py::arg("batch"), py::arg("seqlen_k"), py::arg("global_tokens"));
   m.def("lsh_attention_forward", &lsh_attention_forward_py, py::arg("qk"), py::arg("v"), py::arg("out"),
         py::arg("lse"), py::arg("dtype"), py::arg("device"), py::arg("sizes"), py::arg("qk_strides"),
         py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"), py::arg("options"), py::arg("causal"),
@@ -161,6 +177,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", [](const std::string& s) { raise_if_error(set_cpu_isa(parse_isa(s))); });
   m.def("cpu_isa_supported", [](const std::string& s) { return cpu_isa_supported(parse_isa(s)); });
   m.attr("cuda_toolkit_at_build") = bool(LONGATTN_CUDA_TOOLKIT_FOUND);
-  m.attr("cuda_kernels_built") = false;
-  m.attr("cuda_archs") = py::list();
+  m.attr("cuda_kernels_built") = cuda_kernels_built();
+  {
+    py::list archs;  // "80-real,90a-real,90-virtual" -> ["80-real", "90a-real", "90-virtual"]
+    std::string all = cuda_architectures(), item;
+    for (char c : all + ",") {
+      if (c == ',') {
+        if (!item.empty()) archs.append(item);
+        item.clear();
+      } else {
+        item += c;
+      }
+    }
+    m.attr("cuda_archs") = archs;
+  }
 }

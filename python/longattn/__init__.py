@@ -165,4 +165,5 @@ def capabilities() -> dict:
         "cuda_kernels_built": bool(_C.cuda_kernels_built),
         "cuda_archs": list(_C.cuda_archs),
         "cuda_device": torch.cuda.get_device_name() if cuda_usable else None,
+        "cuda_capability": ".".join(map(str, torch.cuda.get_device_capability())) if cuda_usable else None,
     }

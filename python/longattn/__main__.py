@@ -18,23 +18,23 @@ def report() -> None:
     print(f"  CPU kernels          {caps['cpu_isa_active']} active; compiled and usable here: "
           f"{', '.join(caps['cpu_isa_compiled'])}")
     print(f"  CPU threads          {caps['threads']} (LONGATTN_NUM_THREADS={caps['threads_env'] or 'unset'})")
-    print(f"  CUDA toolkit at build {'found' if caps['cuda_toolkit_at_build'] else 'not found'}; "
-          f"CUDA kernels built: {'yes' if caps['cuda_kernels_built'] else 'no (not implemented yet)'}; "
+    print(f"  CUDA kernels         {'built' if caps['cuda_kernels_built'] else 'not built (no nvcc at build time)'}; "
           f"archs: {', '.join(caps['cuda_archs']) or '-'}")
-    print(f"  GPU                  {caps['cuda_device'] or 'none usable'}")
+    gpu = caps["cuda_device"]
+    print(f"  GPU                  {gpu + ' (compute capability ' + caps['cuda_capability'] + ')' if gpu else 'none usable'}")
 
 
-def quick_benchmark(seqlens, reps: int) -> None:
-    device = "cpu"  # the only device with kernels in this build
+def quick_benchmark(seqlens, reps: int, device: str) -> None:
+    dtypes = (torch.float16, torch.bfloat16) if device == "cuda" else (torch.float32, torch.bfloat16)
     print(f"\nquick benchmark on {device}: B1 H8 D64, longattn.attention vs torch SDPA (same inputs, interleaved runs)")
     print(f"{'dtype':>9} {'causal':>6} {'S':>6} | {'longattn ms':>11} {'GFLOP/s':>8} | {'SDPA ms':>8} {'GFLOP/s':>8} "
           f"| {'speed-up':>8}")
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in dtypes:
         for causal in (False, True):
             for S in seqlens:
-                q, k, v = (torch.randn(1, S, 8, 64, dtype=dtype) for _ in range(3))
+                q, k, v = (torch.randn(1, S, 8, 64, dtype=dtype, device=device) for _ in range(3))
                 t_la, t_sdpa = time_interleaved([lambda: longattn.attention(q, k, v, causal=causal),
-                                                 lambda: sdpa_bshd(q, k, v, causal)], reps=reps)
+                                                 lambda: sdpa_bshd(q, k, v, causal)], reps=reps, device=device)
                 flops = attention_flops(1, 8, S, S, 64, causal)
                 print(f"{str(dtype).removeprefix('torch.'):>9} {str(causal):>6} {S:>6} | {t_la * 1e3:11.2f} "
                       f"{flops / t_la / 1e9:8.1f} | {t_sdpa * 1e3:8.2f} {flops / t_sdpa / 1e9:8.1f} "
@@ -46,21 +46,21 @@ def band_pairs(S: int, left: int, right: int) -> int:
     return int(((i + right).clamp(max=S - 1) - (i - left).clamp(min=0) + 1).sum())
 
 
-def quick_window_benchmark(seqlens, reps: int, half: int = 256) -> None:
+def quick_window_benchmark(seqlens, reps: int, device: str, half: int = 256) -> None:
     print(f"\nsliding window (left = right = {half}, Longformer attention_window={2 * half}), B1 H8 D64: "
           "longattn.sliding_window_attention vs torch SDPA with a boolean band mask and vs longattn.attention (dense)")
     print(f"{'dtype':>9} {'S':>6} | {'window ms':>9} {'GFLOP/s':>8} | {'SDPA+mask ms':>12} {'speed-up':>8} "
           f"| {'dense ms':>8} {'speed-up':>8}")
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in ((torch.float16, torch.bfloat16) if device == "cuda" else (torch.float32, torch.bfloat16)):
         for S in seqlens:
-            q, k, v = (torch.randn(1, S, 8, 64, dtype=dtype) for _ in range(3))
-            i = torch.arange(S)
+            q, k, v = (torch.randn(1, S, 8, 64, dtype=dtype, device=device) for _ in range(3))
+            i = torch.arange(S, device=device)
             band = (i[None, :] - i[:, None]).abs() <= half
             t_win, t_sdpa, t_dense = time_interleaved([
                 lambda: longattn.sliding_window_attention(q, k, v, window=(half, half)),
                 lambda: torch.nn.functional.scaled_dot_product_attention(
                     q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=band),
-                lambda: longattn.attention(q, k, v)], reps=reps)
+                lambda: longattn.attention(q, k, v)], reps=reps, device=device)
             flops = 4.0 * 8 * band_pairs(S, half, half) * 64
             print(f"{str(dtype).removeprefix('torch.'):>9} {S:>6} | {t_win * 1e3:9.2f} {flops / t_win / 1e9:8.1f} "
                   f"| {t_sdpa * 1e3:12.2f} {t_sdpa / t_win:7.2f}x | {t_dense * 1e3:8.2f} {t_dense / t_win:7.2f}x")
@@ -76,8 +76,9 @@ def main() -> None:
     report()
     if not args.no_bench:
         with torch.inference_mode():
-            quick_benchmark(args.seqlens, args.reps)
-            quick_window_benchmark(args.window_seqlens, args.reps)
+            device = "cuda" if torch.cuda.is_available() and longattn.capabilities()["cuda_kernels_built"] else "cpu"
+            quick_benchmark(args.seqlens, args.reps, device)
+            quick_window_benchmark(args.window_seqlens, args.reps, device)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,17 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
+def _cuda_aligned(t: torch.Tensor) -> torch.Tensor:
+    # The CUDA kernels copy rows in 16-byte pieces: the base pointer and every row start must be 16-byte aligned.
+    # Anything else (an odd offset or stride from slicing) is copied once.
+    if t.device.type != "cuda":
+        return t
+    step = 16 // t.element_size()
+    if t.data_ptr() % 16 == 0 and all(s % step == 0 for s in t.stride()[:-1]):
+        return t
+    return t.contiguous()
+
+
 def _bsh_strides(t: torch.Tensor) -> tuple[int, int, int]:
     return (t.stride(0), t.stride(1), t.stride(2))
 
@@ -42,15 +53,20 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
         return out, lse
     if Sk == 0:  # every row is empty: out = 0, lse = -inf, nothing to launch
         return out.zero_(), lse.fill_(float("-inf"))
-    q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
+    q, k, v = (_cuda_aligned(_unit_last_stride(t)) for t in (q, k, v))
     g_ptr, g_strides = 0, (0, 0)
+    workspace = None
     if global_tokens is not None:
         g_ptr, g_strides = global_tokens.data_ptr(), (global_tokens.stride(0), global_tokens.stride(1))
+        n = _C.cuda_workspace_bytes(B, Sk, True) if q.device.type == "cuda" else 0
+        if n:  # device scratch from torch's allocator (no cudaMalloc in the kernel call; graph capture safe)
+            workspace = torch.empty(n, dtype=torch.uint8, device=q.device)
     _C.attention_forward(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
         str(q.dtype).removeprefix("torch."), q.device.type, (B, Sq, Sk, Hq, Hk, D, Dv),
         _bsh_strides(q), _bsh_strides(k), _bsh_strides(v), _bsh_strides(out), (lse.stride(0), lse.stride(1)),
-        scale, causal, window_left, window_right, list(dilation), g_ptr, g_strides, _stream_handle(q.device))
+        scale, causal, window_left, window_right, list(dilation), g_ptr, g_strides, _stream_handle(q.device),
+        0 if workspace is None else workspace.data_ptr(), 0 if workspace is None else workspace.numel())
     return out, lse
 
 

@@ -74,10 +74,27 @@ def check_qkv(q, k, v) -> None:
             if d not in CPU_HEAD_DIMS:
                 raise ValueError(f"{name}: got {d}; the CPU backend supports head dims 1..256")
     elif device == "cuda":
-        raise ValueError("device: got a CUDA tensor, but this longattn build has no CUDA kernels yet; "
-                         "supported devices: cpu")
+        check_cuda_support(q.dtype, q.shape[3], v.shape[3])
     else:
-        raise ValueError(f"device: got {q.device}; supported devices: cpu")
+        raise ValueError(f"device: got {q.device}; supported devices: cpu, cuda")
+
+
+CUDA_TENSOR_CORE_HEAD_DIMS = (32, 64, 96, 128, 256)
+
+
+def check_cuda_support(dtype, head_dim: int, head_dim_v: int) -> None:
+    """What the CUDA kernels serve (the C++ side checks the compute capability, >= 8.0)."""
+    from . import _C
+    if not _C.cuda_kernels_built:
+        raise ValueError("device: got a CUDA tensor, but this longattn build has no CUDA kernels (it was built "
+                         "without nvcc); supported devices: cpu")
+    if dtype in (torch.float16, torch.bfloat16):
+        if head_dim != head_dim_v or head_dim not in CUDA_TENSOR_CORE_HEAD_DIMS:
+            raise ValueError(f"head_dim: got head_dim={head_dim}, head_dim_v={head_dim_v} with {dtype} on CUDA; "
+                             f"supported: head_dim == head_dim_v in {CUDA_TENSOR_CORE_HEAD_DIMS} for float16 and "
+                             "bfloat16 (tensor cores), or float32 with head dims 1..256 (CUDA cores, exact float32)")
+    elif head_dim > 256 or head_dim_v > 256:
+        raise ValueError(f"head_dim: got {head_dim} / {head_dim_v}; float32 on CUDA supports head dims 1..256")
 
 
 def _is_int(x) -> bool:
@@ -175,7 +192,7 @@ def check_qk_v(qk, v) -> None:
             if d not in CPU_HEAD_DIMS:
                 raise ValueError(f"{name}: got {d}; the CPU backend supports head dims 1..256")
     elif qk.device.type == "cuda":
-        raise ValueError("device: got a CUDA tensor, but this longattn build has no CUDA kernels yet; "
+        raise ValueError("device: got a CUDA tensor, but lsh_attention has no CUDA kernels yet; "
                          "supported devices: cpu")
     else:
         raise ValueError(f"device: got {qk.device}; supported devices: cpu")

@@ -245,8 +245,20 @@ def test_cuda_tensors_get_a_clear_error():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
         q = torch.empty(1, 8, 4, 16, device="cuda")
-        with pytest.raises(ValueError, match="device: got a CUDA tensor, but this longattn build has no CUDA"):
-            longattn.attention(q, q, q)
+        if not longattn.capabilities()["cuda_kernels_built"]:
+            with pytest.raises(ValueError, match="device: got a CUDA tensor, but this longattn build has no CUDA"):
+                longattn.attention(q, q, q)
+            return
+        # what the CUDA kernels do not serve is refused with the list of what they do, never run slowly instead
+        for dtype, d, dv in [(torch.float16, 48, 48), (torch.bfloat16, 64, 32), (torch.float16, 512, 512)]:
+            q = torch.empty(1, 8, 4, d, device="cuda", dtype=dtype)
+            v = torch.empty(1, 8, 4, dv, device="cuda", dtype=dtype)
+            with pytest.raises(ValueError, match=r"head_dim: got head_dim=.* supported: head_dim == head_dim_v in "
+                                                 r"\(32, 64, 96, 128, 256\)"):
+                longattn.attention(q, q, v)
+        q = torch.empty(1, 64, 4, 16, device="cuda")
+        with pytest.raises(ValueError, match="lsh_attention has no CUDA kernels yet"):
+            longattn.lsh_attention(q, q, n_hashes=1, n_buckets=4, chunk_length=32)
 
 
 def test_threads_api():
@@ -280,4 +292,5 @@ def test_scalar_path_selected_by_environment_is_correct():
 def test_capabilities_report():
     caps = longattn.capabilities()
     assert caps["cpu_isa_active"] in caps["cpu_isa_compiled"] and "scalar" in caps["cpu_isa_compiled"]
-    assert caps["threads"] >= 1 and caps["cuda_kernels_built"] is False
+    assert caps["threads"] >= 1 and isinstance(caps["cuda_kernels_built"], bool)
+    assert caps["cuda_kernels_built"] == bool(caps["cuda_archs"])

@@ -81,10 +81,21 @@ struct AttentionParams {
   int64_t global_seq_stride = 0;
 
   void* stream = nullptr;  // cudaStream_t for Device::kCuda; ignored on the CPU
+  // Device scratch for Device::kCuda, at least attention_workspace_bytes(params) bytes, owned by the caller (no
+  // allocation happens inside a call, so CUDA-graph capture works); unused on the CPU.
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
 };
 
 // Runs the forward pass on params.device. Validates params first; never throws.
 Status attention_forward(const AttentionParams& params);
+
+// Scratch bytes attention_forward needs in params.workspace (CUDA with global tokens; otherwise 0).
+int64_t attention_workspace_bytes(const AttentionParams& params);
+
+// Whether this build has CUDA kernels, and for which architectures ("80-real;90a-real;90-virtual" form).
+bool cuda_kernels_built();
+const char* cuda_architectures();
 
 // Only the argument checks of attention_forward (shapes, strides, pointers, options).
 Status check_params(const AttentionParams& params);

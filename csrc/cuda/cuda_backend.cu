@@ -1,0 +1,153 @@
+// The CUDA backend: checks what this build and device support, builds FlashFwdParams, and launches on the caller's
+// stream. No device synchronisation and no allocation: scratch (the global-token index) comes from the caller
+// (AttentionParams::workspace, sized by attention_workspace_bytes), so CUDA-graph capture works.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+#include "cuda_backend.h"
+#include "flash_fwd.cuh"
+#include "flash_params.h"
+
+namespace longattn::cuda {
+
+void launch_simt_fwd(const FlashFwdParams& p, void* stream);
+void launch_build_global_index(const uint8_t* tokens, int64_t batch_stride, int64_t seq_stride, int batch,
+                               int seqlen, int32_t* index, int32_t* count, void* stream);
+
+namespace {
+
+const char* kSupported =
+    "float16 and bfloat16 with head_dim == head_dim_v in {32, 64, 96, 128, 256} (tensor cores), or float32 with "
+    "head dims 1..256 (CUDA cores, exact float32), on compute capability 8.0 or newer";
+
+template <typename Elem>
+void launch_tensor_core(const FlashFwdParams& p, int head_dim, dim3 grid, void* stream) {
+  switch (head_dim) {
+    case 32: launch_flash_fwd<Elem, 32>(p, grid, stream); break;
+    case 64: launch_flash_fwd<Elem, 64>(p, grid, stream); break;
+    case 96: launch_flash_fwd<Elem, 96>(p, grid, stream); break;
+    case 128: launch_flash_fwd<Elem, 128>(p, grid, stream); break;
+    case 256: launch_flash_fwd<Elem, 256>(p, grid, stream); break;
+  }
+}
+
+Status cuda_error(const char* what, cudaError_t e) {
+  return {StatusCode::kInternal, std::string(what) + ": " + cudaGetErrorString(e)};
+}
+
+}  // namespace
+
+int64_t workspace_bytes(const AttentionParams& p) {
+  if (!p.global_tokens) return 0;
+  return 4 * (p.batch * p.seqlen_k + p.batch);  // int32 index (batch, seqlen_k) + int32 count (batch)
+}
+
+Status attention_forward(const AttentionParams& p) {
+  int device = 0, major = 0, minor = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  if (e != cudaSuccess) return cuda_error("device: could not query the current CUDA device", e);
+  if (major < 8)
+    return Status::Unsupported("device: compute capability " + std::to_string(major) + "." + std::to_string(minor) +
+                               " is not supported; longattn's CUDA kernels need 8.0 or newer (" + kSupported + ")");
+  const bool tensor_cores = p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16;
+  if (tensor_cores) {
+    const int64_t D = p.head_dim;
+    if (p.head_dim_v != D || !(D == 32 || D == 64 || D == 96 || D == 128 || D == 256))
+      return Status::Unsupported("head_dim: got head_dim=" + std::to_string(D) + ", head_dim_v=" +
+                                 std::to_string(p.head_dim_v) + "; the CUDA backend supports " + kSupported);
+  } else if (p.head_dim > 256 || p.head_dim_v > 256) {
+    return Status::Unsupported(std::string("head_dim: the CUDA backend supports ") + kSupported);
+  }
+  if (p.seqlen_q > INT32_MAX / 2 || p.seqlen_k > INT32_MAX / 2 || p.batch * p.heads_q > INT32_MAX / 2)
+    return Status::Unsupported("sizes: the CUDA backend indexes sequences and batch*heads with 31-bit integers");
+  if (p.dilation && p.heads_q > kMaxDilationHeads) {
+    bool uniform = true;
+    for (int64_t h = 1; h < p.heads_q; ++h) uniform = uniform && p.dilation[h] == p.dilation[0];
+    if (!uniform)
+      return Status::Unsupported("dilation: per-head dilation on CUDA supports up to " +
+                                 std::to_string(kMaxDilationHeads) + " query heads; got " + std::to_string(p.heads_q));
+  }
+  if (p.batch * p.heads_q > 65535)
+    return Status::Unsupported("batch * heads_q: got " + std::to_string(p.batch * p.heads_q) +
+                               "; the CUDA backend supports up to 65535 (one grid dimension)");
+  if (p.global_tokens && p.workspace_bytes < workspace_bytes(p))
+    return Status::Invalid("workspace: global tokens on CUDA need " + std::to_string(workspace_bytes(p)) +
+                           " bytes of device scratch (attention_workspace_bytes), got " +
+                           std::to_string(p.workspace_bytes));
+
+  FlashFwdParams f{};
+  f.q = p.q;
+  f.k = p.k;
+  f.v = p.v;
+  f.out = p.out;
+  f.lse = p.lse;
+  f.q_batch = p.q_stride.batch, f.q_seq = p.q_stride.seq, f.q_head = p.q_stride.head;
+  f.k_batch = p.k_stride.batch, f.k_seq = p.k_stride.seq, f.k_head = p.k_stride.head;
+  f.v_batch = p.v_stride.batch, f.v_seq = p.v_stride.seq, f.v_head = p.v_stride.head;
+  f.o_batch = p.out_stride.batch, f.o_seq = p.out_stride.seq, f.o_head = p.out_stride.head;
+  f.lse_batch = p.lse_batch_stride, f.lse_head = p.lse_head_stride;
+  f.batch = int(p.batch), f.seqlen_q = int(p.seqlen_q), f.seqlen_k = int(p.seqlen_k);
+  f.heads_q = int(p.heads_q), f.heads_k = int(p.heads_k), f.head_dim = int(p.head_dim);
+  f.head_dim_v = int(p.head_dim_v);
+  f.kv_group = int(p.heads_q / p.heads_k);
+  f.scale_log2 = p.scale * 1.4426950408889634f;
+  f.window_left = int(std::max<int64_t>(-1, std::min<int64_t>(p.window_left, INT32_MAX / 2)));
+  f.window_right = p.causal ? 0 : int(std::max<int64_t>(-1, std::min<int64_t>(p.window_right, INT32_MAX / 2)));
+  int64_t max_dilation = 1;
+  if (!p.dilation) {
+    f.uniform_dilation = 1;
+  } else {
+    bool uniform = true;
+    for (int64_t h = 0; h < p.heads_q; ++h) {
+      uniform = uniform && p.dilation[h] == p.dilation[0];
+      max_dilation = std::max(max_dilation, p.dilation[h]);
+    }
+    if (uniform) f.uniform_dilation = int(std::min<int64_t>(p.dilation[0], INT32_MAX / 2));
+    else
+      for (int64_t h = 0; h < p.heads_q; ++h) f.dilation[h] = int(std::min<int64_t>(p.dilation[h], INT32_MAX / 2));
+  }
+  f.residue_slots = int(std::min<int64_t>(max_dilation, p.seqlen_q));
+  if (f.residue_slots >= 65535)
+    return Status::Unsupported("dilation: got " + std::to_string(max_dilation) + " with seqlen_q=" +
+                               std::to_string(p.seqlen_q) + "; the CUDA backend supports fewer than 65535 residue "
+                               "classes (min(dilation, seqlen_q))");
+
+  if (p.global_tokens) {
+    f.global_tokens = p.global_tokens;
+    f.global_batch = p.global_batch_stride;
+    f.global_seq = p.global_seq_stride;
+    int32_t* index = static_cast<int32_t*>(p.workspace);
+    int32_t* count = index + p.batch * p.seqlen_k;
+    launch_build_global_index(p.global_tokens, p.global_batch_stride, p.global_seq_stride, int(p.batch),
+                              int(p.seqlen_k), index, count, p.stream);
+    f.global_index = index;
+    f.global_count = count;
+  }
+
+  if (tensor_cores) {
+    // x: query tiles of the largest view (a residue class of the smallest dilation, or the global rows);
+    // y: residue class slots, plus one for the global rows; z: batch x query heads.
+    int64_t min_dilation = max_dilation;
+    if (!p.dilation) min_dilation = 1;
+    else
+      for (int64_t h = 0; h < p.heads_q; ++h) min_dilation = std::min(min_dilation, p.dilation[h]);
+    const int64_t view_rows = p.global_tokens ? p.seqlen_q : (p.seqlen_q + min_dilation - 1) / min_dilation;
+    const dim3 grid(unsigned((view_rows + kBlockM - 1) / kBlockM), unsigned(f.residue_slots + (p.global_tokens ? 1 : 0)),
+                    unsigned(p.batch * p.heads_q));
+    if (p.dtype == DType::kFloat16) launch_tensor_core<__half>(f, int(p.head_dim), grid, p.stream);
+    else launch_tensor_core<__nv_bfloat16>(f, int(p.head_dim), grid, p.stream);
+  } else {
+    launch_simt_fwd(f, p.stream);
+  }
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return cuda_error("CUDA kernel launch failed", e);
+  return Status::Ok();
+}
+
+}  // namespace longattn::cuda

@@ -1,0 +1,319 @@
+// Tensor-core tiled forward attention for sm80+ (FlashAttention-2 class): mma.sync m16n8k16 (fp16 / bf16 in,
+// fp32 accumulate), ldmatrix, cp.async; one online-softmax tile loop for every mask, with the iteration/mask policy
+// of the CPU engine (band_policy.h): dense, causal, sliding window, dilation as residue-class views, Longformer
+// global keys and global query rows.
+//
+// Block = 4 warps, a tile of kBlockM = 64 queries of one view (warp w owns rows 16w .. 16w + 15); key tiles of
+// kBlockN = 64 rows. Shared memory (rows padded by 8 elements so ldmatrix row addresses fall in distinct banks):
+//   sQ (64, D + 8), sK (64, D + 8), sV (64, D + 8)                           [Elem]
+// Per warp registers:  S (16, 64) as 8 m16n8 fp32 fragments, O (16, D) as D / 8 fragments, row max m and sum l for
+// the two rows (g, g + 8) a thread's fragments touch.
+//
+// The tile loop and the masks (ViewPolicy) are separate from the MMA atoms (mma_16816 / ldmatrix helpers) so an
+// sm90 wgmma/TMA main loop can reuse the former.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "flash_params.h"
+
+namespace longattn::cuda {
+
+constexpr int kBlockM = 64;
+constexpr int kBlockN = 64;
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+
+template <int D> __host__ __device__ constexpr int smem_row() { return D + 8; }  // elements per padded shared-memory row
+template <int D> __host__ __device__ constexpr int smem_bytes() { return 3 * kBlockM * smem_row<D>() * 2; }
+
+// ---- MMA atoms -----------------------------------------------------------------------------------------------------
+template <typename Elem> struct MmaAtom;
+template <> struct MmaAtom<__half> {
+  // D (16x8 fp32) += A (16x16 row-major) · B (16x8 col-major)
+  static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ void store2(__half* dst, float lo, float hi) {
+    *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(lo, hi);
+  }
+};
+template <> struct MmaAtom<__nv_bfloat16> {
+  static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ void store2(__nv_bfloat16* dst, float lo, float hi) {
+    *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(lo, hi);
+  }
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// Four 8x8 16-bit matrices; lane i gives the row address of matrix i / 8, row i % 8; register j gets matrix j.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+// 16 bytes global -> shared, asynchronously; a row outside the tensor is zero-filled (src-size 0).
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+// ---- the iteration / mask policy -----------------------------------------------------------------------------------
+// One view of a (batch, query head): a residue class of the head's dilation (view query u = query first + u·d,
+// view key t = key r + t·d, an undilated band over them), or the head's global query rows (gathered by position,
+// every key visible). Mirrors SlidingWindowPolicy / ResidueClass of csrc/common/band_policy.h.
+struct ViewPolicy {
+  int n_queries, n_keys;
+  int first_query, dilation, residue;
+  int offset;  // view key position of view query 0
+  int left, right;
+  bool global_rows;
+  const int32_t* global_pos;  // global rows: the positions; residue views: the batch's global keys
+  int n_global;
+
+  __device__ int query_pos(int u) const { return global_rows ? global_pos[u] : first_query + u * dilation; }
+  __device__ int lo(int u) const { return left < 0 ? 0 : max(0, u + offset - left); }
+  __device__ int hi(int u) const { return right < 0 ? n_keys - 1 : min(n_keys - 1, u + offset + right); }
+  __device__ bool in_band(int u, int t) const { return t >= lo(u) && t <= hi(u) && t < n_keys; }
+};
+
+__device__ __forceinline__ ViewPolicy make_view(const FlashFwdParams& p, int b, int h, int slot) {
+  ViewPolicy v{};
+  const bool has_global = p.global_index != nullptr;
+  if (slot == p.residue_slots) {  // the head's global query rows: dense over every key
+    v.global_rows = true;
+    v.global_pos = p.global_index + int64_t(b) * p.seqlen_k;
+    v.n_queries = has_global ? p.global_count[b] : 0;
+    v.n_keys = p.seqlen_k;
+    v.dilation = 1;
+    v.left = v.right = -1;
+    v.n_global = 0;
+    return v;
+  }
+  const int d = p.uniform_dilation > 0 ? p.uniform_dilation : p.dilation[h];
+  const int offset = p.seqlen_k - p.seqlen_q;
+  v.global_rows = false;
+  v.dilation = d;
+  if (slot >= min(d, p.seqlen_q)) {  // no such class for this head
+    v.n_queries = 0;
+    return v;
+  }
+  // Class `slot` starts at query i = slot (the first min(d, Sq) queries start one class each).
+  const int r = ((slot + offset) % d + d) % d;
+  v.residue = r;
+  v.first_query = slot;
+  v.n_queries = (p.seqlen_q - 1 - slot) / d + 1;
+  v.n_keys = r < p.seqlen_k ? (p.seqlen_k - 1 - r) / d + 1 : 0;
+  v.offset = (slot + offset - r) / d;
+  v.left = p.window_left;
+  v.right = p.window_right;
+  v.global_pos = has_global ? p.global_index + int64_t(b) * p.seqlen_k : nullptr;
+  v.n_global = has_global ? p.global_count[b] : 0;
+  return v;
+}
+
+// ---- the kernel ----------------------------------------------------------------------------------------------------
+// grid: x = query tile of the view, y = residue class slot (y == residue_slots: global rows), z = batch * heads_q
+template <typename Elem, int D>
+__global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_constant__ FlashFwdParams p) {
+  static_assert(D % 16 == 0 && D <= 256, "head dim: a multiple of 16 up to 256");
+  constexpr int kRow = smem_row<D>();
+  constexpr int kDTiles = D / 8;     // n-tiles of O
+  constexpr int kKSteps = D / 16;    // k-steps of Q·Kᵀ
+  using Atom = MmaAtom<Elem>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Elem* sQ = reinterpret_cast<Elem*>(smem_raw);  // (64, kRow)
+  Elem* sK = sQ + kBlockM * kRow;                 // (64, kRow)
+  Elem* sV = sK + kBlockN * kRow;                 // (64, kRow)
+
+  const int b = blockIdx.z / p.heads_q, h = blockIdx.z % p.heads_q, hk = h / p.kv_group;
+  const ViewPolicy view = make_view(p, b, h, blockIdx.y);
+  const int u0 = blockIdx.x * kBlockM;  // first view query of the tile
+  if (u0 >= view.n_queries) return;
+  const int nq = min(kBlockM, view.n_queries - u0);
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, tig = lane % 4;  // fragment row group and thread-in-group
+  const Elem* q_head = static_cast<const Elem*>(p.q) + b * p.q_batch + h * p.q_head;
+  const Elem* k_head = static_cast<const Elem*>(p.k) + b * p.k_batch + hk * p.k_head;
+  const Elem* v_head = static_cast<const Elem*>(p.v) + b * p.v_batch + hk * p.v_head;
+
+  // Loads a (64, D) tile whose row i sits at base + pos(i) * stride (rows with pos < 0 are zero-filled).
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  auto load_tile = [&](Elem* dst, const Elem* base, int64_t stride, auto pos_of) {
+    for (int c = tid; c < 64 * kChunks; c += kThreads) {
+      const int row = c / kChunks, col = (c % kChunks) * 8;
+      const int pos = pos_of(row);
+      const Elem* src = base + (pos >= 0 ? int64_t(pos) * stride : 0) + col;
+      cp_async_16(dst + row * kRow + col, src, pos >= 0);
+    }
+  };
+
+  // Q tile, the view's rows
+  load_tile(sQ, q_head, p.q_seq, [&](int row) { return row < nq ? view.query_pos(u0 + row) : -1; });
+  cp_async_commit();
+
+  float o[kDTiles][4];
+  for (int i = 0; i < kDTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
+  const int ur[2] = {u0 + warp * 16 + g, u0 + warp * 16 + g + 8};  // the view queries of this thread's rows
+
+  // The band's key tiles, then (residue views with global tokens) the global-key tiles.
+  const int t_begin = view.lo(u0), t_end = max(t_begin, view.hi(u0 + nq - 1) + 1);
+  const int n_band_tiles = (t_end - t_begin + kBlockN - 1) / kBlockN;
+  const int n_global_tiles = view.global_rows ? 0 : (view.n_global + kBlockN - 1) / kBlockN;
+
+  for (int tile = 0; tile < n_band_tiles + n_global_tiles; ++tile) {
+    const bool global_tile = tile >= n_band_tiles;
+    const int j0 = global_tile ? (tile - n_band_tiles) * kBlockN : t_begin + tile * kBlockN;
+    // key row position of tile row `row`, or -1 (outside the view)
+    auto key_pos = [&](int row) -> int {
+      if (global_tile) return j0 + row < view.n_global ? view.global_pos[j0 + row] : -1;
+      const int t = j0 + row;
+      return t < t_end ? view.residue + t * view.dilation : -1;
+    };
+    load_tile(sK, k_head, p.k_seq, key_pos);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+    load_tile(sV, v_head, p.v_seq, key_pos);  // overlaps with S = Q·Kᵀ and the softmax
+    cp_async_commit();
+
+    // S (16, 64) = Q (16, D) · Kᵀ for this warp's rows
+    float s[8][4];
+    for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      uint32_t a[4];
+      {
+        const int mi = lane / 8, row = warp * 16 + (mi % 2) * 8 + lane % 8, col = ks * 16 + (mi / 2) * 8;
+        ldmatrix_x4(a, sQ + row * kRow + col);
+      }
+      for (int n = 0; n < 8; n += 2) {  // two n-tiles of 8 keys per ldmatrix.x4
+        uint32_t bk[4];
+        const int mi = lane / 8, row = n * 8 + (mi / 2) * 8 + lane % 8, col = ks * 16 + (mi % 2) * 8;
+        ldmatrix_x4(bk, sK + row * kRow + col);
+        Atom::mma(s[n], a, bk);
+        Atom::mma(s[n + 1], a, bk + 2);
+      }
+    }
+
+    // Scale to log2 units and mask. Element (row, col) of n-tile n: row ur[e / 2], key j0 + 8n + 2 tig + e % 2.
+    for (int n = 0; n < 8; ++n)
+      for (int e = 0; e < 4; ++e) {
+        const int u = ur[e / 2], col = j0 + n * 8 + tig * 2 + (e % 2);
+        bool visible;
+        if (global_tile) {
+          // a global key the window already counted is masked here, so it counts once
+          const int idx = col;
+          if (idx >= view.n_global) {
+            visible = false;
+          } else {
+            const int pos = view.global_pos[idx];
+            const bool in_class = pos % view.dilation == view.residue;
+            visible = !(in_class && view.in_band(u, (pos - view.residue) / view.dilation));
+          }
+        } else {
+          visible = col < t_end && view.in_band(u, col);
+        }
+        s[n][e] = visible && u < view.n_queries ? s[n][e] * p.scale_log2 : -INFINITY;
+      }
+
+    // Online softmax for rows g and g + 8: the 4 threads of a quad share a row.
+    float alpha[2];
+    for (int rr = 0; rr < 2; ++rr) {
+      float mx = m_row[rr];
+      for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * rr], s[n][2 * rr + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float ref = mx == -INFINITY ? 0.0f : mx;  // a row with nothing visible yet stays empty, never NaN
+      alpha[rr] = exp2f(m_row[rr] - ref);
+      float sum = 0.0f;
+      for (int n = 0; n < 8; ++n) {
+        s[n][2 * rr] = exp2f(s[n][2 * rr] - ref);
+        s[n][2 * rr + 1] = exp2f(s[n][2 * rr + 1] - ref);
+        sum += s[n][2 * rr] + s[n][2 * rr + 1];
+      }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      l_row[rr] = l_row[rr] * alpha[rr] + sum;
+      m_row[rr] = mx;
+    }
+    for (int i = 0; i < kDTiles; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
+    }
+
+    cp_async_wait_all();
+    __syncthreads();
+    // O (16, D) += P (16, 64) · V (64, D); P's fragments are S's accumulators repacked as A operands.
+    for (int kk = 0; kk < 4; ++kk) {  // 16 keys per k-step
+      uint32_t a[4];
+      a[0] = Atom::pack(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = Atom::pack(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = Atom::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = Atom::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      for (int i = 0; i < kDTiles; i += 2) {
+        uint32_t bv[4];
+        const int mi = lane / 8, row = kk * 16 + (mi % 2) * 8 + lane % 8, col = i * 8 + (mi / 2) * 8;
+        ldmatrix_x4_trans(bv, sV + row * kRow + col);
+        Atom::mma(o[i], a, bv);
+        Atom::mma(o[i + 1], a, bv + 2);
+      }
+    }
+    __syncthreads();  // sK and sV are overwritten by the next tile
+  }
+
+  // Epilogue: out = O / l (0 for a row that saw nothing), lse = ln2 · (m + log2 l). A global query's row is written
+  // by its global-rows view, not by its residue class.
+  Elem* out_head = static_cast<Elem*>(p.out) + b * p.o_batch + h * p.o_head;
+  for (int rr = 0; rr < 2; ++rr) {
+    const int u = ur[rr];
+    if (u >= view.n_queries) continue;
+    const int i = view.query_pos(u);
+    if (!view.global_rows && p.global_tokens && p.global_tokens[b * p.global_batch + i * p.global_seq]) continue;
+    const float inv = l_row[rr] == 0.0f ? 0.0f : 1.0f / l_row[rr];
+    Elem* row = out_head + int64_t(i) * p.o_seq;
+    for (int n = 0; n < kDTiles; ++n) Atom::store2(row + n * 8 + tig * 2, o[n][2 * rr] * inv, o[n][2 * rr + 1] * inv);
+    if (p.lse && tig == 0)
+      p.lse[b * p.lse_batch + h * p.lse_head + i] =
+          l_row[rr] == 0.0f ? -INFINITY : 0.6931471805599453f * (m_row[rr] + log2f(l_row[rr]));
+  }
+}
+
+// Host side: launches flash_fwd_kernel<Elem, D> on `stream`. Defined in one .cu per (Elem, D).
+template <typename Elem, int D>
+void launch_flash_fwd(const FlashFwdParams& p, dim3 grid, void* stream);
+
+}  // namespace longattn::cuda
