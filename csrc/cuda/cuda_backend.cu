@@ -14,9 +14,9 @@
 
 namespace longattn::cuda {
 
-void launch_simt_fwd(const FlashFwdParams& p, void* stream);
-void launch_build_global_index(const uint8_t* tokens, int64_t batch_stride, int64_t seq_stride, int batch,
-                               int seqlen, int32_t* index, int32_t* count, void* stream);
+cudaError_t launch_simt_fwd(const FlashFwdParams& p, void* stream);
+cudaError_t launch_build_global_index(const uint8_t* tokens, int64_t batch_stride, int64_t seq_stride, int batch,
+                                      int seqlen, int32_t* index, int32_t* count, void* stream);
 
 namespace {
 
@@ -25,14 +25,37 @@ const char* kSupported =
     "head dims 1..256 (CUDA cores, exact float32), on compute capability 8.0 or newer";
 
 template <typename Elem>
-void launch_tensor_core(const FlashFwdParams& p, int head_dim, dim3 grid, void* stream) {
+cudaError_t launch_tensor_core(const FlashFwdParams& p, int head_dim, dim3 grid, void* stream) {
   switch (head_dim) {
-    case 32: launch_flash_fwd<Elem, 32>(p, grid, stream); break;
-    case 64: launch_flash_fwd<Elem, 64>(p, grid, stream); break;
-    case 96: launch_flash_fwd<Elem, 96>(p, grid, stream); break;
-    case 128: launch_flash_fwd<Elem, 128>(p, grid, stream); break;
-    case 256: launch_flash_fwd<Elem, 256>(p, grid, stream); break;
+    case 32: return launch_flash_fwd<Elem, 32>(p, grid, stream);
+    case 64: return launch_flash_fwd<Elem, 64>(p, grid, stream);
+    case 96: return launch_flash_fwd<Elem, 96>(p, grid, stream);
+    case 128: return launch_flash_fwd<Elem, 128>(p, grid, stream);
+    case 256: return launch_flash_fwd<Elem, 256>(p, grid, stream);
   }
+  return cudaErrorInvalidValue;
+}
+
+// Makes params.device_index current for the call and restores the previous device afterwards.
+struct DeviceGuard {
+  int previous = -1;
+  cudaError_t status = cudaSuccess;
+  explicit DeviceGuard(int device) {
+    if (device < 0) return;
+    status = cudaGetDevice(&previous);
+    if (status == cudaSuccess && previous != device) status = cudaSetDevice(device);
+    else previous = -1;
+  }
+  ~DeviceGuard() {
+    if (previous >= 0) cudaSetDevice(previous);
+  }
+};
+
+// The tensor-core kernel copies rows in 16-byte pieces.
+bool rows_16_byte_aligned(const void* base, const BshdStrides& s, int64_t elem_bytes) {
+  const int64_t step = 16 / elem_bytes;
+  return reinterpret_cast<uintptr_t>(base) % 16 == 0 && s.batch % step == 0 && s.seq % step == 0 &&
+         s.head % step == 0;
 }
 
 Status cuda_error(const char* what, cudaError_t e) {
@@ -47,6 +70,9 @@ int64_t workspace_bytes(const AttentionParams& p) {
 }
 
 Status attention_forward(const AttentionParams& p) {
+  const DeviceGuard guard(p.device_index);
+  if (guard.status != cudaSuccess) return cuda_error("device_index: could not make the inputs' device current",
+                                                     guard.status);
   int device = 0, major = 0, minor = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
@@ -64,6 +90,11 @@ Status attention_forward(const AttentionParams& p) {
   } else if (p.head_dim > 256 || p.head_dim_v > 256) {
     return Status::Unsupported(std::string("head_dim: the CUDA backend supports ") + kSupported);
   }
+  if (tensor_cores && !(rows_16_byte_aligned(p.q, p.q_stride, 2) && rows_16_byte_aligned(p.k, p.k_stride, 2) &&
+                       rows_16_byte_aligned(p.v, p.v_stride, 2)))
+    return Status::Invalid("q, k, v: the CUDA tensor-core kernel needs 16-byte aligned data pointers and batch, "
+                           "seq and head strides that are multiples of 8 elements; copy the tensor (contiguous) "
+                           "first");
   if (p.seqlen_q > INT32_MAX / 2 || p.seqlen_k > INT32_MAX / 2 || p.batch * p.heads_q > INT32_MAX / 2)
     return Status::Unsupported("sizes: the CUDA backend indexes sequences and batch*heads with 31-bit integers");
   if (p.dilation && p.heads_q > kMaxDilationHeads) {
@@ -124,29 +155,37 @@ Status attention_forward(const AttentionParams& p) {
     f.global_seq = p.global_seq_stride;
     int32_t* index = static_cast<int32_t*>(p.workspace);
     int32_t* count = index + p.batch * p.seqlen_k;
-    launch_build_global_index(p.global_tokens, p.global_batch_stride, p.global_seq_stride, int(p.batch),
-                              int(p.seqlen_k), index, count, p.stream);
+    e = launch_build_global_index(p.global_tokens, p.global_batch_stride, p.global_seq_stride, int(p.batch),
+                                  int(p.seqlen_k), index, count, p.stream);
+    if (e != cudaSuccess) return cuda_error("CUDA launch of the global-token index failed", e);
     f.global_index = index;
     f.global_count = count;
   }
 
-  if (tensor_cores) {
-    // x: query tiles of the largest view (a residue class of the smallest dilation, or the global rows);
-    // y: residue class slots, plus one for the global rows; z: batch x query heads.
-    int64_t min_dilation = max_dilation;
-    if (!p.dilation) min_dilation = 1;
-    else
-      for (int64_t h = 0; h < p.heads_q; ++h) min_dilation = std::min(min_dilation, p.dilation[h]);
-    const int64_t view_rows = p.global_tokens ? p.seqlen_q : (p.seqlen_q + min_dilation - 1) / min_dilation;
-    const dim3 grid(unsigned((view_rows + kBlockM - 1) / kBlockM), unsigned(f.residue_slots + (p.global_tokens ? 1 : 0)),
-                    unsigned(p.batch * p.heads_q));
-    if (p.dtype == DType::kFloat16) launch_tensor_core<__half>(f, int(p.head_dim), grid, p.stream);
-    else launch_tensor_core<__nv_bfloat16>(f, int(p.head_dim), grid, p.stream);
-  } else {
-    launch_simt_fwd(f, p.stream);
+  if (!tensor_cores) {
+    e = launch_simt_fwd(f, p.stream);
+    return e == cudaSuccess ? Status::Ok() : cuda_error("CUDA launch of the float32 kernel failed", e);
   }
-  e = cudaGetLastError();
-  if (e != cudaSuccess) return cuda_error("CUDA kernel launch failed", e);
+  // Residue classes: x = query tiles of the largest class (that of the smallest dilation), y = class slot,
+  // z = batch x query heads. Global query rows: their own launch, x = tiles of up to seqlen_q rows.
+  int64_t min_dilation = max_dilation;
+  if (!p.dilation) min_dilation = 1;
+  else
+    for (int64_t h = 0; h < p.heads_q; ++h) min_dilation = std::min(min_dilation, p.dilation[h]);
+  const int64_t class_rows = (p.seqlen_q + min_dilation - 1) / min_dilation;
+  const auto launch = [&](dim3 grid) {
+    return p.dtype == DType::kFloat16 ? launch_tensor_core<__half>(f, int(p.head_dim), grid, p.stream)
+                                      : launch_tensor_core<__nv_bfloat16>(f, int(p.head_dim), grid, p.stream);
+  };
+  f.slot_base = 0;
+  e = launch(dim3(unsigned((class_rows + kBlockM - 1) / kBlockM), unsigned(f.residue_slots),
+                  unsigned(p.batch * p.heads_q)));
+  if (e != cudaSuccess) return cuda_error("CUDA launch of the attention kernel failed", e);
+  if (p.global_tokens) {
+    f.slot_base = f.residue_slots;
+    e = launch(dim3(unsigned((p.seqlen_q + kBlockM - 1) / kBlockM), 1u, unsigned(p.batch * p.heads_q)));
+    if (e != cudaSuccess) return cuda_error("CUDA launch of the global-rows attention kernel failed", e);
+  }
   return Status::Ok();
 }
 

@@ -143,7 +143,8 @@ __device__ __forceinline__ ViewPolicy make_view(const FlashFwdParams& p, int b, 
 }
 
 // ---- the kernel ----------------------------------------------------------------------------------------------------
-// grid: x = query tile of the view, y = residue class slot (y == residue_slots: global rows), z = batch * heads_q
+// grid: x = query tile of the view, y = residue class slot - slot_base (slot residue_slots: the global rows, launched
+// on their own), z = batch * heads_q
 template <typename Elem, int D>
 __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_constant__ FlashFwdParams p) {
   static_assert(D % 16 == 0 && D <= 256, "head dim: a multiple of 16 up to 256");
@@ -157,7 +158,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
   Elem* sV = sK + kBlockN * kRow;                 // (64, kRow)
 
   const int b = blockIdx.z / p.heads_q, h = blockIdx.z % p.heads_q, hk = h / p.kv_group;
-  const ViewPolicy view = make_view(p, b, h, blockIdx.y);
+  const ViewPolicy view = make_view(p, b, h, p.slot_base + blockIdx.y);
   const int u0 = blockIdx.x * kBlockM;  // first view query of the tile
   if (u0 >= view.n_queries) return;
   const int nq = min(kBlockM, view.n_queries - u0);
@@ -184,6 +185,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
   cp_async_commit();
 
   float o[kDTiles][4];
+#pragma unroll
   for (int i = 0; i < kDTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
   const int ur[2] = {u0 + warp * 16 + g, u0 + warp * 16 + g + 8};  // the view queries of this thread's rows
@@ -211,13 +213,16 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
 
     // S (16, 64) = Q (16, D) · Kᵀ for this warp's rows
     float s[8][4];
+#pragma unroll
     for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
       uint32_t a[4];
       {
         const int mi = lane / 8, row = warp * 16 + (mi % 2) * 8 + lane % 8, col = ks * 16 + (mi / 2) * 8;
         ldmatrix_x4(a, sQ + row * kRow + col);
       }
+#pragma unroll
       for (int n = 0; n < 8; n += 2) {  // two n-tiles of 8 keys per ldmatrix.x4
         uint32_t bk[4];
         const int mi = lane / 8, row = n * 8 + (mi / 2) * 8 + lane % 8, col = ks * 16 + (mi % 2) * 8;
@@ -228,7 +233,9 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
     }
 
     // Scale to log2 units and mask. Element (row, col) of n-tile n: row ur[e / 2], key j0 + 8n + 2 tig + e % 2.
+#pragma unroll
     for (int n = 0; n < 8; ++n)
+#pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int u = ur[e / 2], col = j0 + n * 8 + tig * 2 + (e % 2);
         bool visible;
@@ -250,14 +257,17 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
 
     // Online softmax for rows g and g + 8: the 4 threads of a quad share a row.
     float alpha[2];
+#pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
       float mx = m_row[rr];
+#pragma unroll
       for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * rr], s[n][2 * rr + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float ref = mx == -INFINITY ? 0.0f : mx;  // a row with nothing visible yet stays empty, never NaN
       alpha[rr] = exp2f(m_row[rr] - ref);
       float sum = 0.0f;
+#pragma unroll
       for (int n = 0; n < 8; ++n) {
         s[n][2 * rr] = exp2f(s[n][2 * rr] - ref);
         s[n][2 * rr + 1] = exp2f(s[n][2 * rr + 1] - ref);
@@ -268,6 +278,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
       l_row[rr] = l_row[rr] * alpha[rr] + sum;
       m_row[rr] = mx;
     }
+#pragma unroll
     for (int i = 0; i < kDTiles; ++i) {
       o[i][0] *= alpha[0];
       o[i][1] *= alpha[0];
@@ -278,12 +289,14 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
     cp_async_wait_all();
     __syncthreads();
     // O (16, D) += P (16, 64) · V (64, D); P's fragments are S's accumulators repacked as A operands.
+#pragma unroll
     for (int kk = 0; kk < 4; ++kk) {  // 16 keys per k-step
       uint32_t a[4];
       a[0] = Atom::pack(s[2 * kk][0], s[2 * kk][1]);
       a[1] = Atom::pack(s[2 * kk][2], s[2 * kk][3]);
       a[2] = Atom::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
       a[3] = Atom::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
       for (int i = 0; i < kDTiles; i += 2) {
         uint32_t bv[4];
         const int mi = lane / 8, row = kk * 16 + (mi % 2) * 8 + lane % 8, col = i * 8 + (mi / 2) * 8;
@@ -295,9 +308,11 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
     __syncthreads();  // sK and sV are overwritten by the next tile
   }
 
+  cp_async_wait_all();  // a block with no key tile still has its Q copy in flight
   // Epilogue: out = O / l (0 for a row that saw nothing), lse = ln2 · (m + log2 l). A global query's row is written
   // by its global-rows view, not by its residue class.
   Elem* out_head = static_cast<Elem*>(p.out) + b * p.o_batch + h * p.o_head;
+#pragma unroll
   for (int rr = 0; rr < 2; ++rr) {
     const int u = ur[rr];
     if (u >= view.n_queries) continue;
@@ -305,6 +320,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
     if (!view.global_rows && p.global_tokens && p.global_tokens[b * p.global_batch + i * p.global_seq]) continue;
     const float inv = l_row[rr] == 0.0f ? 0.0f : 1.0f / l_row[rr];
     Elem* row = out_head + int64_t(i) * p.o_seq;
+#pragma unroll
     for (int n = 0; n < kDTiles; ++n) Atom::store2(row + n * 8 + tig * 2, o[n][2 * rr] * inv, o[n][2 * rr + 1] * inv);
     if (p.lse && tig == 0)
       p.lse[b * p.lse_batch + h * p.lse_head + i] =
@@ -314,6 +330,6 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
 
 // Host side: launches flash_fwd_kernel<Elem, D> on `stream`. Defined in one .cu per (Elem, D).
 template <typename Elem, int D>
-void launch_flash_fwd(const FlashFwdParams& p, dim3 grid, void* stream);
+cudaError_t launch_flash_fwd(const FlashFwdParams& p, dim3 grid, void* stream);
 
 }  // namespace longattn::cuda

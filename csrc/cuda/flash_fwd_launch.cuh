@@ -9,14 +9,18 @@
 namespace longattn::cuda {
 
 template <typename Elem, int D>
-void launch_flash_fwd(const FlashFwdParams& p, dim3 grid, void* stream) {
+cudaError_t launch_flash_fwd(const FlashFwdParams& p, dim3 grid, void* stream) {
   constexpr int smem = smem_bytes<D>();
-  // More than 48 KiB of dynamic shared memory must be asked for; this is a function attribute, not a stream
-  // operation, so it is safe under CUDA-graph capture. Set once per instantiation (per process).
-  static const cudaError_t attribute_status =
-      cudaFuncSetAttribute(flash_fwd_kernel<Elem, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  (void)attribute_status;  // a failure surfaces as a launch error, which the dispatcher reports
+  // More than 48 KiB of dynamic shared memory must be asked for. The attribute belongs to the current device's
+  // context, so it is set on every launch (cheap; a function attribute, not a stream operation, so it is allowed
+  // under CUDA-graph capture).
+  if (smem > 48 * 1024) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(flash_fwd_kernel<Elem, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return e;
+  }
   flash_fwd_kernel<Elem, D><<<grid, kThreads, smem, static_cast<cudaStream_t>(stream)>>>(p);
+  return cudaGetLastError();
 }
 
 }  // namespace longattn::cuda

@@ -30,7 +30,8 @@ struct FlashFwdParams {
   // Dilation: uniform_dilation > 0 means every head uses it; else dilation[h] per query head.
   int uniform_dilation;
   int dilation[kMaxDilationHeads];
-  int residue_slots;  // grid.y: residue classes per head (min(max dilation, seqlen_q)); y == residue_slots: global rows
+  int residue_slots;  // residue classes per head (min(max dilation, seqlen_q)); slot residue_slots = the global rows
+  int slot_base;      // slot of blockIdx.y == 0 (0 for the residue-class launch, residue_slots for the global rows)
 
   // Global tokens (self-attention only): the bytes (batch, seqlen) with strides, and the per-batch ascending index
   // lists built on the device by build_global_index: global_index[b * seqlen_k + i], global_count[b].

@@ -56,24 +56,26 @@ __global__ void __launch_bounds__(128) simt_fwd_kernel(const __grid_constant__ F
     l = l * alpha + w;
     m = m_new;
   };
-  const int d = p.uniform_dilation > 0 ? p.uniform_dilation : p.dilation[h];
-  const int pos = i + p.seqlen_k - p.seqlen_q;
+  // Window arithmetic in 64 bits: bounds and dilation may each be up to 2^30.
+  const int64_t d = p.uniform_dilation > 0 ? p.uniform_dilation : p.dilation[h];
+  const int64_t pos = int64_t(i) + p.seqlen_k - p.seqlen_q;
   const bool global_row = is_global(p, b, i);
-  auto in_window = [&](int j) {
+  auto in_window = [&](int64_t j) {
     if (((j - pos) % d + d) % d != 0) return false;
-    if (p.window_left >= 0 && j < pos - p.window_left * d) return false;
-    if (p.window_right >= 0 && j > pos + p.window_right * d) return false;
+    if (p.window_left >= 0 && j < pos - int64_t(p.window_left) * d) return false;
+    if (p.window_right >= 0 && j > pos + int64_t(p.window_right) * d) return false;
     return true;
   };
   if (global_row) {
     for (int j = 0; j < p.seqlen_k; ++j) attend(j);
   } else {
     // first key of the window in the query's residue class, clipped to the sequence
-    int lo = p.window_left < 0 ? 0 : pos - p.window_left * d;
+    int64_t lo = p.window_left < 0 ? 0 : pos - int64_t(p.window_left) * d;
     if (lo < 0) lo += ((-lo + d - 1) / d) * d;  // step up to >= 0 within the class
     if (lo < 0 || ((lo - pos) % d + d) % d != 0) lo = ((pos % d) + d) % d;
-    const int hi = p.window_right < 0 ? p.seqlen_k - 1 : min(p.seqlen_k - 1, pos + p.window_right * d);
-    for (int j = lo; j <= hi; j += d) attend(j);
+    const int64_t hi = p.window_right < 0 ? int64_t(p.seqlen_k) - 1
+                                          : min(int64_t(p.seqlen_k) - 1, pos + int64_t(p.window_right) * d);
+    for (int64_t j = lo; j <= hi; j += d) attend(int(j));
     if (p.global_index) {
       const int32_t* gpos = p.global_index + int64_t(b) * p.seqlen_k;
       for (int g = 0; g < p.global_count[b]; ++g)
@@ -119,15 +121,17 @@ __global__ void __launch_bounds__(1024) build_global_index_kernel(const uint8_t*
 
 }  // namespace
 
-void launch_simt_fwd(const FlashFwdParams& p, void* stream) {
+cudaError_t launch_simt_fwd(const FlashFwdParams& p, void* stream) {
   const dim3 grid((p.seqlen_q + 3) / 4, p.batch * p.heads_q);
   simt_fwd_kernel<<<grid, 128, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  return cudaGetLastError();
 }
 
-void launch_build_global_index(const uint8_t* tokens, int64_t batch_stride, int64_t seq_stride, int batch,
-                               int seqlen, int32_t* index, int32_t* count, void* stream) {
+cudaError_t launch_build_global_index(const uint8_t* tokens, int64_t batch_stride, int64_t seq_stride, int batch,
+                                      int seqlen, int32_t* index, int32_t* count, void* stream) {
   build_global_index_kernel<<<batch, 1024, 0, static_cast<cudaStream_t>(stream)>>>(tokens, batch_stride, seq_stride,
                                                                                    seqlen, index, count);
+  return cudaGetLastError();
 }
 
 }  // namespace longattn::cuda

@@ -46,7 +46,7 @@ void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, 
                           const std::array<int64_t, 2>& lse_strides, double scale, bool causal, int64_t window_left,
                           int64_t window_right, const std::vector<int64_t>& dilation, uintptr_t global_tokens,
                           const std::array<int64_t, 2>& global_strides, uintptr_t stream, uintptr_t workspace,
-                          int64_t workspace_bytes) {
+                          int64_t workspace_bytes, int device_index) {
   AttentionParams p;
   p.q = reinterpret_cast<const void*>(q);
   p.k = reinterpret_cast<const void*>(k);
@@ -84,6 +84,7 @@ void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, 
   p.global_seq_stride = global_strides[1];
   p.workspace = reinterpret_cast<void*>(workspace);
   p.workspace_bytes = workspace_bytes;
+  p.device_index = device_index;
   p.stream = reinterpret_cast<void*>(stream);
   Status st;
   {
@@ -151,7 +152,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("k_strides"), py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"),
         py::arg("scale"), py::arg("causal"), py::arg("window_left"), py::arg("window_right"),
         py::arg("dilation"), py::arg("global_tokens"), py::arg("global_strides"), py::arg("stream"),
-        py::arg("workspace") = 0, py::arg("workspace_bytes") = 0);
+        py::arg("workspace") = 0, py::arg("workspace_bytes") = 0, py::arg("device_index") = -1);
   m.def(
       "cuda_workspace_bytes",
       [](int64_t batch, int64_t seqlen_k, bool global_tokens) {

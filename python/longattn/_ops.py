@@ -25,7 +25,7 @@ def _cuda_aligned(t: torch.Tensor) -> torch.Tensor:
     step = 16 // t.element_size()
     if t.data_ptr() % 16 == 0 and all(s % step == 0 for s in t.stride()[:-1]):
         return t
-    return t.contiguous()
+    return t.clone(memory_format=torch.contiguous_format)  # a fresh allocation: aligned even if t was contiguous
 
 
 def _bsh_strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -66,7 +66,8 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
         str(q.dtype).removeprefix("torch."), q.device.type, (B, Sq, Sk, Hq, Hk, D, Dv),
         _bsh_strides(q), _bsh_strides(k), _bsh_strides(v), _bsh_strides(out), (lse.stride(0), lse.stride(1)),
         scale, causal, window_left, window_right, list(dilation), g_ptr, g_strides, _stream_handle(q.device),
-        0 if workspace is None else workspace.data_ptr(), 0 if workspace is None else workspace.numel())
+        0 if workspace is None else workspace.data_ptr(), 0 if workspace is None else workspace.numel(),
+        q.device.index if q.device.type == "cuda" and q.device.index is not None else -1)
     return out, lse
 
 

@@ -2,5 +2,5 @@
 #include "../flash_fwd_launch.cuh"
 
 namespace longattn::cuda {
-template void launch_flash_fwd<__nv_bfloat16, 32>(const FlashFwdParams&, dim3, void*);
+template cudaError_t launch_flash_fwd<__nv_bfloat16, 32>(const FlashFwdParams&, dim3, void*);
 }  // namespace longattn::cuda

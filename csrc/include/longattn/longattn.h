@@ -81,6 +81,7 @@ struct AttentionParams {
   int64_t global_seq_stride = 0;
 
   void* stream = nullptr;  // cudaStream_t for Device::kCuda; ignored on the CPU
+  int device_index = -1;   // CUDA device of the tensors (made current for the call); -1 = the current device
   // Device scratch for Device::kCuda, at least attention_workspace_bytes(params) bytes, owned by the caller (no
   // allocation happens inside a call, so CUDA-graph capture works); unused on the CPU.
   void* workspace = nullptr;
