@@ -18,7 +18,8 @@ from ._validate import (check_bool, check_buckets, check_dilation, check_global_
 
 __version__ = _C.version()
 
-__all__ = ["attention", "sliding_window_attention", "lsh_attention", "lsh_rotations", "set_num_threads", "get_num_threads", "capabilities", "__version__"]
+__all__ = ["attention", "sliding_window_attention", "lsh_attention", "lsh_rotations", "set_num_threads",
+           "get_num_threads", "capabilities", "__version__"]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, scale: float | None = None,
