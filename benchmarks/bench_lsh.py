@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 import longattn
-from longattn._bench import time_interleaved
+from longattn._bench import first_line, fmt, plot_time_vs_seqlen, time_interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -87,10 +87,6 @@ def make_rp():
     from reformer_pytorch import LSHAttention
     return LSHAttention(bucket_size=CHUNK, n_hashes=N_HASHES, causal=False).eval()
 
-
-def first_line(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 def measure(S: int, dtype, args, state: dict, skipped: dict) -> dict:
@@ -221,9 +217,6 @@ def add_derived(rows) -> None:
             r["t_over_t_half_s"] = round(r["longattn_ms"] / prev["longattn_ms"], 2) if ok else None
 
 
-def fmt(x, spec: str, width: int) -> str:
-    return f"{x:{spec}}".rjust(width) if x is not None else "-".rjust(width)
-
 
 def print_table(rows) -> None:
     print("\n  dtype      S    nb | longattn ms  GF/s  of-dense  t(S)/t(S/2) |  HF-attn ms     x |"
@@ -303,37 +296,15 @@ def peak_memory(cases):
 
 
 def plot(rows, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install matplotlib)")
-        return
-    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
     style = {"longattn": ("tab:red", "-", "longattn lsh_attention"),
              "hf": ("tab:green", "-", "HF LSHSelfAttention (minus projections)"),
              "rp": ("tab:blue", "-", "reformer-pytorch LSHAttention"),
              "dense": ("tab:gray", "--", "longattn dense attention")}
-    for ax, dt in zip(axes[0], dtypes):
-        sel = sorted((r for r in rows if r["dtype"] == dt), key=lambda r: r["seqlen"])
-        for p, (color, ls, label) in style.items():
-            pts = [(r["seqlen"], r[f"{p}_ms"]) for r in sel if r[f"{p}_ms"]]
-            if pts:
-                ax.plot(*zip(*pts), ls, color=color, marker="o", ms=3, label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(f"{dt}, B{B} H{H} D{D}, {N_HASHES} hashes, chunk {CHUNK} ({BEFORE} back, {AFTER} ahead), "
-                     f"n_buckets = S/{CHUNK}", fontsize=8)
-        ax.set_xlabel("sequence length S")
-        ax.set_ylabel("time per call (ms)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.suptitle("Reformer LSH attention on this CPU (same run, interleaved medians)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    plot_time_vs_seqlen(
+        rows, style,
+        lambda dt: f"{dt}, B{B} H{H} D{D}, {N_HASHES} hashes, chunk {CHUNK} ({BEFORE} back, {AFTER} ahead), "
+                   f"n_buckets = S/{CHUNK}",
+        "Reformer LSH attention on this CPU (same run, interleaved medians)", path)
 
 
 def main() -> None:

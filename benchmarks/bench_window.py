@@ -41,7 +41,7 @@ os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 import torch  # noqa: E402
 
 import longattn  # noqa: E402
-from longattn._bench import time_interleaved  # noqa: E402
+from longattn._bench import first_line, fmt, plot_time_vs_seqlen, time_interleaved  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -108,10 +108,6 @@ def make_flex(S: int):
     block_mask = create_block_mask(sliding_window, B=None, H=None, Q_LEN=S, KV_LEN=S, device="cpu")
     return _FLEX, block_mask
 
-
-def first_line(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 def measure(S: int, dtype, args, hf_layers: dict, skipped: dict, verified: set) -> dict:
@@ -202,9 +198,6 @@ def add_derived(rows) -> None:
             r["t_over_t_half_s"] = None if prev is None else round(r["longattn_ms"] / prev["longattn_ms"], 2)
 
 
-def fmt(x, spec: str, width: int) -> str:
-    return f"{x:{spec}}".rjust(width) if x is not None else "-".rjust(width)
-
 
 def print_table(rows) -> None:
     print("\n  dtype      S | longattn ms  GF/s  of-dense  t(S)/t(S/2) |  HF-attn ms   x |  SDPA-mask ms   x |"
@@ -274,38 +267,14 @@ def peak_memory(cases):
 
 
 def plot(rows, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install matplotlib)")
-        return
-    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
     style = {"longattn": ("tab:red", "-", "longattn sliding_window_attention"),
              "hf": ("tab:green", "-", "HF LongformerSelfAttention (minus projections)"),
              "sdpa_mask": ("tab:blue", "-", "torch SDPA + (S,S) bool band mask"),
              "flex": ("tab:purple", "-", "torch flex_attention (compiled) + BlockMask"),
              "dense": ("tab:gray", "--", "longattn dense attention")}
-    for ax, dt in zip(axes[0], dtypes):
-        sel = sorted((r for r in rows if r["dtype"] == dt), key=lambda r: r["seqlen"])
-        for p, (color, ls, label) in style.items():
-            pts = [(r["seqlen"], r[f"{p}_ms"]) for r in sel if r[f"{p}_ms"]]
-            if pts:
-                ax.plot(*zip(*pts), ls, color=color, marker="o", ms=3, label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(f"{dt}, B{B} H{H} D{D}, window ({HALF},{HALF}) = HF attention_window {ATTENTION_WINDOW}",
-                     fontsize=9)
-        ax.set_xlabel("sequence length S")
-        ax.set_ylabel("time per call (ms)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.suptitle("sliding-window attention on this CPU (same run, interleaved medians)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    plot_time_vs_seqlen(
+        rows, style, lambda dt: f"{dt}, B{B} H{H} D{D}, window ({HALF},{HALF}) = HF attention_window {ATTENTION_WINDOW}",
+        "sliding-window attention on this CPU (same run, interleaved medians)", path)
 
 
 def main() -> None:

@@ -30,6 +30,12 @@ DType parse_dtype(const std::string& s) {
   throw py::value_error("dtype: got '" + s + "', expected float32, float16 or bfloat16");
 }
 
+Device parse_device(const std::string& s) {
+  if (s == "cpu") return Device::kCpu;
+  if (s == "cuda") return Device::kCuda;
+  throw py::value_error("device: got '" + s + "', expected cpu or cuda");
+}
+
 CpuIsa parse_isa(const std::string& s) {
   for (CpuIsa c : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512})
     if (s == cpu_isa_name(c)) return c;
@@ -54,9 +60,7 @@ void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, 
   p.out = reinterpret_cast<void*>(out);
   p.lse = reinterpret_cast<float*>(lse);
   p.dtype = parse_dtype(dtype);
-  if (device == "cpu") p.device = Device::kCpu;
-  else if (device == "cuda") p.device = Device::kCuda;
-  else throw py::value_error("device: got '" + device + "', expected cpu or cuda");
+  p.device = parse_device(device);
   p.batch = sizes[0];
   p.seqlen_q = sizes[1];
   p.seqlen_k = sizes[2];
@@ -109,9 +113,7 @@ void lsh_attention_forward_py(uintptr_t qk, uintptr_t v, uintptr_t out, uintptr_
   p.out = reinterpret_cast<void*>(out);
   p.lse = reinterpret_cast<float*>(lse);
   p.dtype = parse_dtype(dtype);
-  if (device == "cpu") p.device = Device::kCpu;
-  else if (device == "cuda") p.device = Device::kCuda;
-  else throw py::value_error("device: got '" + device + "', expected cpu or cuda");
+  p.device = parse_device(device);
   p.batch = sizes[0];
   p.seqlen = sizes[1];
   p.heads = sizes[2];

@@ -59,3 +59,45 @@ def naive_bshd(q, k, v, causal: bool):
         mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
         scores = scores.masked_fill(~mask, float("-inf"))
     return (scores.softmax(-1) @ vh).transpose(1, 2)
+
+
+def first_line(e: BaseException) -> str:
+    """One line saying why a peer failed, for benchmark reports."""
+    text = f"{type(e).__name__}: {e}".strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def fmt(x, spec: str, width: int) -> str:
+    """A table cell: x formatted, or '-' when there is no value."""
+    return f"{x:{spec}}".rjust(width) if x is not None else "-".rjust(width)
+
+
+def plot_time_vs_seqlen(rows, style: dict, subtitle, title: str, path) -> None:
+    """Log-log time per call vs S, one panel per dtype. rows carry 'dtype', 'seqlen' and '<name>_ms' per contestant;
+    style maps a contestant name to (colour, line style, label); subtitle(dtype) titles a panel."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install matplotlib)")
+        return
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
+    for ax, dt in zip(axes[0], dtypes):
+        sel = sorted((r for r in rows if r["dtype"] == dt), key=lambda r: r["seqlen"])
+        for name, (color, ls, label) in style.items():
+            pts = [(r["seqlen"], r[f"{name}_ms"]) for r in sel if r.get(f"{name}_ms")]
+            if pts:
+                ax.plot(*zip(*pts), ls, color=color, marker="o", ms=3, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(subtitle(dt), fontsize=8)
+        ax.set_xlabel("sequence length S")
+        ax.set_ylabel("time per call (ms)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")

@@ -43,15 +43,20 @@ def check_no_grad(*tensors: torch.Tensor) -> None:
             "or on tensors that do not require grad")
 
 
+def check_bshd_tensor(name: str, t) -> None:
+    """A (batch, seq, heads, head_dim) tensor of a supported dtype."""
+    check_tensor(name, t)
+    if t.dim() != 4:
+        raise ValueError(f"{name}: expected a 4-D tensor (batch, seq, heads, head_dim), got shape {_shape(t)}")
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"{name}: dtype {t.dtype} is not supported; expected torch.float32, torch.float16 "
+                         "or torch.bfloat16")
+
+
 def check_qkv(q, k, v) -> None:
     """SPEC common conventions: q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, t)
-        if t.dim() != 4:
-            raise ValueError(f"{name}: expected a 4-D tensor (batch, seq, heads, head_dim), got shape {_shape(t)}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{name}: dtype {t.dtype} is not supported; expected torch.float32, torch.float16 "
-                             "or torch.bfloat16")
+        check_bshd_tensor(name, t)
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v: expected one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
     if not (q.device == k.device == v.device):
@@ -174,12 +179,7 @@ def check_int(name: str, value, minimum: int, maximum: int | None = None, what: 
 def check_qk_v(qk, v) -> None:
     """SPEC §3: qk (B, S, H, D), v (B, S, H, Dv), one dtype and device."""
     for name, t in (("qk", qk), ("v", v)):
-        check_tensor(name, t)
-        if t.dim() != 4:
-            raise ValueError(f"{name}: expected a 4-D tensor (batch, seq, heads, head_dim), got shape {_shape(t)}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{name}: dtype {t.dtype} is not supported; expected torch.float32, torch.float16 "
-                             "or torch.bfloat16")
+        check_bshd_tensor(name, t)
     if qk.dtype != v.dtype:
         raise ValueError(f"qk, v: expected one dtype, got qk {qk.dtype}, v {v.dtype}")
     if qk.device != v.device:
