@@ -37,7 +37,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     check_bool("return_lse", return_lse)
     scale = resolve_scale(scale, q.shape[3])
     check_no_grad(q, k, v)
-    out, lse = attention_fwd(q, k, v, scale, causal, -1, -1, [], None)
+    out, lse = attention_fwd(q, k, v, scale, causal, -1, -1, [], None, return_lse)
     return (out, lse) if return_lse else out
 
 
@@ -63,7 +63,7 @@ def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     global_tokens = check_global_tokens(global_tokens, q, k)
     scale = resolve_scale(scale, q.shape[3])
     check_no_grad(q, k, v)
-    out, lse = attention_fwd(q, k, v, scale, causal, left, right, dilation, global_tokens)
+    out, lse = attention_fwd(q, k, v, scale, causal, left, right, dilation, global_tokens, return_lse)
     return (out, lse) if return_lse else out
 
 

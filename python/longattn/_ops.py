@@ -39,17 +39,18 @@ def _stream_handle(device: torch.device) -> int:
 @torch.library.custom_op("longattn::attention_fwd", mutates_args=())
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
                   window_left: int, window_right: int, dilation: list[int],
-                  global_tokens: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                  global_tokens: Optional[torch.Tensor], need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense / causal / sliding-window attention forward (SPEC §1, §2), arguments already validated.
 
     dilation: [] for 1, else one int per query head. global_tokens: None or bool (B, Sk) with Sq == Sk.
-    Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq) float32).
+    Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq) float32), lse an empty (0,) tensor unless need_lse (the kernel
+    then skips computing it).
     """
     B, Sq, Hq, D = q.shape
     Sk, Hk, Dv = k.shape[1], k.shape[2], v.shape[3]
     out = torch.empty((B, Sq, Hq, Dv), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
-    if out.numel() == 0 and lse.numel() == 0:
+    lse = torch.empty((B, Hq, Sq) if need_lse else (0,), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
         return out, lse
     if Sk == 0:  # every row is empty: out = 0, lse = -inf, nothing to launch
         return out.zero_(), lse.fill_(float("-inf"))
@@ -62,9 +63,10 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
         if n:  # device scratch from torch's allocator (no cudaMalloc in the kernel call; graph capture safe)
             workspace = torch.empty(n, dtype=torch.uint8, device=q.device)
     _C.attention_forward(
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr() if need_lse else 0,
         str(q.dtype).removeprefix("torch."), q.device.type, (B, Sq, Sk, Hq, Hk, D, Dv),
-        _bsh_strides(q), _bsh_strides(k), _bsh_strides(v), _bsh_strides(out), (lse.stride(0), lse.stride(1)),
+        _bsh_strides(q), _bsh_strides(k), _bsh_strides(v), _bsh_strides(out),
+        (lse.stride(0), lse.stride(1)) if need_lse else (0, 0),
         scale, causal, window_left, window_right, list(dilation), g_ptr, g_strides, _stream_handle(q.device),
         0 if workspace is None else workspace.data_ptr(), 0 if workspace is None else workspace.numel(),
         q.device.index if q.device.type == "cuda" and q.device.index is not None else -1)
@@ -72,10 +74,10 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
 
 
 @attention_fwd.register_fake
-def _(q, k, v, scale, causal, window_left, window_right, dilation, global_tokens):
+def _(q, k, v, scale, causal, window_left, window_right, dilation, global_tokens, need_lse):
     B, Sq, Hq, _ = q.shape
     out = q.new_empty((B, Sq, Hq, v.shape[3]))
-    lse = q.new_empty((B, Hq, Sq), dtype=torch.float32)
+    lse = q.new_empty((B, Hq, Sq) if need_lse else (0,), dtype=torch.float32)
     return out, lse
 
 
