@@ -14,7 +14,6 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 import longattn
-from longattn._bench import attention_flops, naive_bshd, sdpa_bshd, time_interleaved
+from longattn._bench import attention_flops, naive_bshd, run_memory_probe, sdpa_bshd, time_interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,24 +62,14 @@ def sweep(seqlens, head_dims, dtypes, naive_max_s: int, reps: int):
 
 MEMORY_PROBE = r"""
 import sys, torch, longattn
-from longattn._bench import sdpa_bshd
-
-def status_kib(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+from longattn._bench import peak_rss_growth_mib, sdpa_bshd
 
 impl, S, D = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 run = (lambda q, k, v: longattn.attention(q, k, v)) if impl == "longattn" else (lambda q, k, v: sdpa_bshd(q, k, v, False))
 with torch.inference_mode():  # first call pays one-off imports and thread start-up: not what we measure
     run(*(torch.randn(1, 256, 8, D) for _ in range(3)))
 q, k, v = (torch.randn(1, S, 8, D) for _ in range(3))
-before = status_kib("VmRSS")
-with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS counter (VmHWM) to the current RSS
-    f.write("5")
-with torch.inference_mode():
-    out = run(q, k, v)
-peak = status_kib("VmHWM")
-print((peak - before) / 1024, out.numel() * out.element_size() / 2**20)
+print(*peak_rss_growth_mib(lambda: run(q, k, v)))
 """
 
 
@@ -89,9 +78,10 @@ def peak_memory(seqlens, D: int = 64):
     rows = []
     for S in seqlens:
         for impl in ("longattn", "sdpa"):
-            out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, impl, str(S), str(D)], capture_output=True,
-                                 text=True, check=True).stdout.split()
-            extra, out_mib = float(out[0]), float(out[1])
+            measured = run_memory_probe(MEMORY_PROBE, impl, S, D)
+            if measured is None:
+                continue
+            extra, out_mib = measured
             rows.append({"impl": impl, "seqlen": S, "head_dim": D, "extra_peak_mib": round(extra, 1),
                          "output_mib": round(out_mib, 1),
                          "naive_scores_mib": round(8 * S * S * 4 / 2**20, 1)})

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,8 @@ from pathlib import Path
 import torch
 
 import longattn
-from longattn._bench import first_line, fmt, plot_time_vs_seqlen, time_interleaved
+from longattn._bench import (add_scaling_columns, first_line, fmt, plot_time_vs_seqlen, run_memory_probe,
+                             time_interleaved)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -86,7 +86,6 @@ def make_hf_layer(dtype):
 def make_rp():
     from reformer_pytorch import LSHAttention
     return LSHAttention(bucket_size=CHUNK, n_hashes=N_HASHES, causal=False).eval()
-
 
 
 def measure(S: int, dtype, args, state: dict, skipped: dict) -> dict:
@@ -201,23 +200,6 @@ def measure(S: int, dtype, args, state: dict, skipped: dict) -> dict:
     return row
 
 
-def add_derived(rows) -> None:
-    """Longattn's in-chunk GFLOP/s as a share of its dense GFLOP/s (same S, else the largest dense S of that dtype),
-    and how its time grows when S doubles."""
-    for dt in {r["dtype"] for r in rows}:
-        sel = sorted((r for r in rows if r["dtype"] == dt), key=lambda r: r["seqlen"])
-        dense = [r for r in sel if r["dense_gflops"]]
-        for i, r in enumerate(sel):
-            same = r if r["dense_gflops"] else (dense[-1] if dense else None)
-            ok = same is not None and r["longattn_gflops"] is not None
-            r["of_dense_gflops"] = round(r["longattn_gflops"] / same["dense_gflops"], 3) if ok else None
-            r["of_dense_at_s"] = same["seqlen"] if ok else None
-            prev = sel[i - 1] if i and sel[i - 1]["seqlen"] * 2 == r["seqlen"] else None
-            ok = prev is not None and r["longattn_ms"] and prev["longattn_ms"]
-            r["t_over_t_half_s"] = round(r["longattn_ms"] / prev["longattn_ms"], 2) if ok else None
-
-
-
 def print_table(rows) -> None:
     print("\n  dtype      S    nb | longattn ms  GF/s  of-dense  t(S)/t(S/2) |  HF-attn ms     x |"
           "  reformer-pytorch ms     x |   dense ms     x")
@@ -234,13 +216,9 @@ def print_table(rows) -> None:
 
 MEMORY_PROBE = r"""
 import sys, torch
-
-def status_kib(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+from longattn._bench import peak_rss_growth_mib
 
 impl, S, H, D, n_hashes, chunk, seed = sys.argv[1], *map(int, sys.argv[2:8])
-nb = max(2, (S // chunk) // 2 * 2)
 if impl == "longattn":
     import longattn
     def make(S):
@@ -261,13 +239,7 @@ else:  # HF's layer on hidden states: its own query_key/value projections are pa
 with torch.inference_mode():  # first call pays one-off imports and thread start-up: not what we measure
     make(4 * chunk)()
     run = make(S)
-before = status_kib("VmRSS")
-with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS counter (VmHWM) to the current RSS
-    f.write("5")
-with torch.inference_mode():
-    out = run()
-peak = status_kib("VmHWM")
-print((peak - before) / 1024, out.numel() * out.element_size() / 2**20)
+print(*peak_rss_growth_mib(run))
 """
 
 
@@ -275,13 +247,10 @@ def peak_memory(cases):
     """Peak resident memory one call adds (MiB, output included), float32, in a fresh process per measurement."""
     rows = []
     for impl, S in cases:
-        try:
-            out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, impl, str(S), str(H), str(D), str(N_HASHES),
-                                  str(CHUNK), str(SEED)], capture_output=True, text=True, check=True).stdout.split()
-        except subprocess.CalledProcessError as e:
-            print(f"memory S={S} {impl}: probe failed: {e.stderr.strip().splitlines()[-1:]}")
+        measured = run_memory_probe(MEMORY_PROBE, impl, S, H, D, N_HASHES, CHUNK, SEED)
+        if measured is None:
             continue
-        extra, out_mib = float(out[0]), float(out[1])
+        extra, out_mib = measured
         # what a chunked implementation that materialises one round-set of scores (HF, reformer-pytorch) allocates:
         # the (n_hashes*S) x (chunks_before+1+chunks_after)*chunk fp32 score block
         scores_mib = B * H * N_HASHES * S * (BEFORE + 1 + AFTER) * CHUNK * 4 / 2**20
@@ -379,7 +348,7 @@ def main() -> None:
                        if row["hf_total_ms"] else "") +
                       (f" | vs HF {row['agreement_vs_hf']}" if row["agreement_vs_hf"] else "") +
                       (f" | {row['notes']}" if row["notes"] else ""), flush=True)
-    add_derived(rows)
+    add_scaling_columns(rows)
     print_table(rows)
     for (peer, dt), why in sorted(skipped.items()):
         print(f"skipped {PEER_NAMES.get(peer, peer)} ({dt}): {why}")

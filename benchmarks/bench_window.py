@@ -29,7 +29,6 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,8 @@ os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 import torch  # noqa: E402
 
 import longattn  # noqa: E402
-from longattn._bench import first_line, fmt, plot_time_vs_seqlen, time_interleaved  # noqa: E402
+from longattn._bench import (add_scaling_columns, first_line, fmt, plot_time_vs_seqlen, run_memory_probe,
+                             time_interleaved)  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -107,7 +107,6 @@ def make_flex(S: int):
         _FLEX = torch.compile(flex_attention, dynamic=False)
     block_mask = create_block_mask(sliding_window, B=None, H=None, Q_LEN=S, KV_LEN=S, device="cpu")
     return _FLEX, block_mask
-
 
 
 def measure(S: int, dtype, args, hf_layers: dict, skipped: dict, verified: set) -> dict:
@@ -184,21 +183,6 @@ def measure(S: int, dtype, args, hf_layers: dict, skipped: dict, verified: set) 
     return row
 
 
-def add_derived(rows) -> None:
-    """Longattn's in-window GFLOP/s as a share of its dense GFLOP/s (same S, else the largest dense S of that dtype),
-    and how its time grows when S doubles."""
-    for dt in {r["dtype"] for r in rows}:
-        sel = sorted((r for r in rows if r["dtype"] == dt), key=lambda r: r["seqlen"])
-        dense = [r for r in sel if r["dense_gflops"]]
-        for i, r in enumerate(sel):
-            same = r if r["dense_gflops"] else (dense[-1] if dense else None)
-            r["of_dense_gflops"] = None if same is None else round(r["longattn_gflops"] / same["dense_gflops"], 3)
-            r["of_dense_at_s"] = None if same is None else same["seqlen"]
-            prev = sel[i - 1] if i and sel[i - 1]["seqlen"] * 2 == r["seqlen"] else None
-            r["t_over_t_half_s"] = None if prev is None else round(r["longattn_ms"] / prev["longattn_ms"], 2)
-
-
-
 def print_table(rows) -> None:
     print("\n  dtype      S | longattn ms  GF/s  of-dense  t(S)/t(S/2) |  HF-attn ms   x |  SDPA-mask ms   x |"
           "  flex ms     x |  dense ms     x")
@@ -216,10 +200,7 @@ def print_table(rows) -> None:
 
 MEMORY_PROBE = r"""
 import sys, torch
-
-def status_kib(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+from longattn._bench import peak_rss_growth_mib
 
 impl, S, H, D, half = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 if impl == "longattn":
@@ -234,13 +215,7 @@ else:  # the band-masked SDPA a plain PyTorch user would write (mask built insid
 with torch.inference_mode():  # first call pays one-off imports and thread start-up: not what we measure
     run(*(torch.randn(1, 2 * half + 256, H, D) for _ in range(3)))
 q, k, v = (torch.randn(1, S, H, D) for _ in range(3))
-before = status_kib("VmRSS")
-with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS counter (VmHWM) to the current RSS
-    f.write("5")
-with torch.inference_mode():
-    out = run(q, k, v)
-peak = status_kib("VmHWM")
-print((peak - before) / 1024, out.numel() * out.element_size() / 2**20)
+print(*peak_rss_growth_mib(lambda: run(q, k, v)))
 """
 
 
@@ -248,13 +223,10 @@ def peak_memory(cases):
     """Peak resident memory one call adds (MiB, output included), float32, in a fresh process per measurement."""
     rows = []
     for impl, S in cases:
-        try:
-            out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, impl, str(S), str(H), str(D), str(HALF)],
-                                 capture_output=True, text=True, check=True).stdout.split()
-        except subprocess.CalledProcessError as e:
-            print(f"memory S={S} {impl}: probe failed: {e.stderr.strip().splitlines()[-1:]}")
+        measured = run_memory_probe(MEMORY_PROBE, impl, S, H, D, HALF)
+        if measured is None:
             continue
-        extra, out_mib = float(out[0]), float(out[1])
+        extra, out_mib = measured
         band_mib = B * H * S * (2 * HALF + 1) * 4 / 2**20  # a materialised fp32 band of scores (what HF allocates)
         square_mib = B * H * S * S * 4 / 2**20             # a materialised fp32 S x S score matrix
         rows.append({"impl": impl, "seqlen": S, "head_dim": D, "extra_peak_mib": round(extra, 1),
@@ -328,7 +300,7 @@ def main() -> None:
                        if row["hf_total_ms"] else "") +
                       (f" | max|diff| vs longattn {row['max_abs_diff_vs_longattn']}" if row["max_abs_diff_vs_longattn"]
                        else "") + (f" | {row['notes']}" if row["notes"] else ""), flush=True)
-    add_derived(rows)
+    add_scaling_columns(rows)
     print_table(rows)
     for (peer, dt), why in sorted(skipped.items()):
         print(f"skipped {peer} ({dt}): {why}")

@@ -25,12 +25,6 @@ struct SlidingWindowPolicy {
     if (causal) right = 0;  // callers reject causal with right > 0; right = -1 with causal is right = 0
   }
 
-  // The policy of a whole (seqlen_q, seqlen_k) problem, bottom-right aligned.
-  static SlidingWindowPolicy bottom_right(int64_t seqlen_q, int64_t seqlen_k, bool causal, int64_t window_left,
-                                          int64_t window_right) {
-    return SlidingWindowPolicy(seqlen_k, seqlen_k - seqlen_q, causal, window_left, window_right);
-  }
-
   // First and last visible key of query i, clamped to the sequence (may give lo > hi: no key).
   int64_t lo(int64_t i) const { return left < 0 ? 0 : std::max<int64_t>(0, i + offset - left); }
   int64_t hi(int64_t i) const {

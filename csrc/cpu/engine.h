@@ -65,6 +65,9 @@ static_assert(kBlockQ % kNR == 0, "the query tile must be a whole number of micr
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+constexpr float kLog2e = 1.4426950408889634f;  // scores are kept in log2 units: scale · log2(e) is folded into Q
+constexpr float kLn2 = 0.6931471805599453f;
+
 // A query group is kSubTiles query tiles of one view. Each K/V tile is converted and packed once and then met by
 // every sub-tile of the group: the packing (a strided read of K and V) is paid once per kSubTiles * kBlockQ queries,
 // while the per-sub-tile state (Qᵀ, O, m, l) stays small enough for L2. A work item is a run of consecutive
@@ -421,7 +424,7 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
 
   float* st = ws + lay.st;
   float* alpha = ws + lay.alpha;
-  const float qscale = p.scale * 1.4426950408889634f;  // scores in log2 units
+  const float qscale = p.scale * kLog2e;  // scores in log2 units
   static_assert(int64_t(kBlockK) * kBlockQ >= Vec::kWidth * 256, "the score tile stages kWidth query rows");
   int64_t view_key[kBlockK];
 
@@ -548,7 +551,7 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
         if (!global_rows && plan.has_global() && plan.is_global(b, i)) continue;
         const float inv = l[c] == 0.0f ? 0.0f : 1.0f / l[c];
         store_row<T>(o + c * dv_pad, Dv, inv, out_head + i * p.out_stride.seq);
-        if (lse_head) lse_head[i] = l[c] == 0.0f ? -INFINITY : 0.6931471805599453f * (m[c] + std::log2(l[c]));
+        if (lse_head) lse_head[i] = l[c] == 0.0f ? -INFINITY : kLn2 * (m[c] + std::log2(l[c]));
       }
     }
   }

@@ -20,7 +20,6 @@ Status lsh_attention_forward(const LshAttentionParams& p) {
   plan.chunk = chunked ? p.chunk_length : S;
   plan.before = chunked ? p.chunks_before : 0;
   plan.after = chunked ? p.chunks_after : 0;
-  plan.n_chunks = plan.rounds * S / plan.chunk;
   plan.chunks_per_round = S / plan.chunk;
   const int64_t ws_floats = k.lsh_workspace_floats(plan);
 

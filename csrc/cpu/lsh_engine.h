@@ -13,9 +13,6 @@
 
 namespace longattn::cpu::LONGATTN_ISA_NAME {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
 // ---- scratch ---------------------------------------------------------------------------------------------------------
 // One chunk slot holds a chunk's rows gathered in sorted order and converted to float32:
 //   raw (L, D) = qk rows, the chunk's queries and (scaled by key_scale) its keys; val (L, dv_pad); pos (L) original
@@ -174,15 +171,15 @@ void lsh_hash_item(const LshPlan& plan, int64_t item, float* ws) {
 }
 
 // ---- phase 3: chunked attention -------------------------------------------------------------------------------------
-// Gathers the rows of sorted chunk `chunk` (any integer; the data is chunk mod n_chunks) into a slot.
+// Gathers the rows of sorted chunk `chunk` (any integer; the data is chunk mod n_chunks()) into a slot.
 template <DType T>
 void lsh_load_slot(const LshPlan& plan, const LshWorkspaceLayout& lay, int64_t b, int64_t h, int64_t chunk,
                    float* slot) {
   using S = typename Elem<T>::Storage;
   const LshAttentionParams& p = plan.p;
   const int64_t L = plan.chunk, D = p.head_dim, Dv = p.head_dim_v, dv_pad = round_up(Dv, kNR);
-  const int64_t c = ((chunk % plan.n_chunks) + plan.n_chunks) % plan.n_chunks;
-  const int32_t* sorted = plan.sorted_at(b, h) + c * L;
+  const int64_t n = plan.n_chunks();
+  const int32_t* sorted = plan.sorted_at(b, h) + (chunk % n + n) % n * L;
   const S* qk_head = static_cast<const S*>(p.qk) + b * p.qk_stride.batch + h * p.qk_stride.head;
   const S* v_head = static_cast<const S*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head;
   const float* key_scale = plan.key_scale_at(b, h);
@@ -196,22 +193,6 @@ void lsh_load_slot(const LshPlan& plan, const LshWorkspaceLayout& lay, int64_t b
     slot[lay.pos + j] = float(tok);
     slot[lay.valid + j] =
         p.key_padding_mask && !p.key_padding_mask[b * p.mask_batch_stride + tok * p.mask_seq_stride] ? 0.0f : 1.0f;
-  }
-}
-
-// The rows a slot load of `chunk` will read: requested ahead so the gather finds them in cache.
-template <DType T>
-void lsh_prefetch_chunk(const LshPlan& plan, int64_t b, int64_t h, int64_t chunk) {
-  using S = typename Elem<T>::Storage;
-  const LshAttentionParams& p = plan.p;
-  const int64_t L = plan.chunk;
-  const int64_t c = ((chunk % plan.n_chunks) + plan.n_chunks) % plan.n_chunks;
-  const int32_t* sorted = plan.sorted_at(b, h) + c * L;
-  const S* qk_head = static_cast<const S*>(p.qk) + b * p.qk_stride.batch + h * p.qk_stride.head;
-  const S* v_head = static_cast<const S*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head;
-  for (int64_t j = 0; j < L; ++j) {
-    prefetch_row(qk_head + sorted[j] * p.qk_stride.seq, p.head_dim * int64_t(sizeof(S)));
-    prefetch_row(v_head + sorted[j] * p.v_stride.seq, p.head_dim_v * int64_t(sizeof(S)));
   }
 }
 
@@ -338,12 +319,10 @@ void lsh_attend_item(const LshPlan& plan, int64_t item, float* ws) {
     return slot_of(u);
   };
 
-  if (c_begin + 1 < c_end) lsh_prefetch_chunk<T>(plan, b, h, c_begin + 1 + plan.after);
   for (int64_t c = c_begin; c < c_end; ++c) {
     for (int64_t u = c - plan.before; u <= c + plan.after; ++u) ensure(u);
-    // Rows are gathered from random positions: request those of the chunk loaded two chunks from now, and the
-    // running-combination rows this chunk will update, so neither gather waits on memory.
-    if (c + 2 < c_end) lsh_prefetch_chunk<T>(plan, b, h, c + 2 + plan.after);
+    // The running-combination rows this chunk will update sit at random positions: request them now, so the
+    // fold after the attention finds them in cache.
     const float* own = slot_of(c);
     if (plan.rounds > 1)
       for (int64_t j = 0; j < L; ++j) {

@@ -22,7 +22,6 @@ struct LshPlan {
   int64_t chunk = 1;    // chunk_length, or seqlen when seqlen <= chunk_length
   int64_t before = 0;   // adjacent chunks attended (0, 0 when seqlen <= chunk_length)
   int64_t after = 0;
-  int64_t n_chunks = 0;           // chunks of one (batch, head): rounds * seqlen / chunk
   int64_t chunks_per_round = 0;   // seqlen / chunk
   int64_t chunks_per_item = 1;    // attend phase: consecutive chunks share gathered rows
   int64_t tokens_per_item = 512;  // hash phase
@@ -48,6 +47,7 @@ struct LshPlan {
   explicit LshPlan(const LshAttentionParams& params) : p(params) {}
 
   int64_t hash_items() const { return p.batch * p.heads * blocks_of(p.seqlen, tokens_per_item); }
+  int64_t n_chunks() const { return rounds * chunks_per_round; }  // chunks of one (batch, head), all rounds
   int64_t attend_items() const { return p.batch * p.heads * blocks_of(chunks_per_round, chunks_per_item); }
   static int64_t blocks_of(int64_t n, int64_t per) { return (n + per - 1) / per; }
 };

@@ -97,13 +97,17 @@ Status attention_forward(const AttentionParams& p) {
                            "first");
   if (p.seqlen_q > INT32_MAX / 2 || p.seqlen_k > INT32_MAX / 2 || p.batch * p.heads_q > INT32_MAX / 2)
     return Status::Unsupported("sizes: the CUDA backend indexes sequences and batch*heads with 31-bit integers");
-  if (p.dilation && p.heads_q > kMaxDilationHeads) {
-    bool uniform = true;
-    for (int64_t h = 1; h < p.heads_q; ++h) uniform = uniform && p.dilation[h] == p.dilation[0];
-    if (!uniform)
-      return Status::Unsupported("dilation: per-head dilation on CUDA supports up to " +
-                                 std::to_string(kMaxDilationHeads) + " query heads; got " + std::to_string(p.heads_q));
+  // Dilation over the query heads: all equal?, the largest and the smallest.
+  bool uniform = true;
+  int64_t max_dilation = 1, min_dilation = p.dilation ? p.dilation[0] : 1;
+  for (int64_t h = 0; p.dilation && h < p.heads_q; ++h) {
+    uniform = uniform && p.dilation[h] == p.dilation[0];
+    max_dilation = std::max(max_dilation, p.dilation[h]);
+    min_dilation = std::min(min_dilation, p.dilation[h]);
   }
+  if (!uniform && p.heads_q > kMaxDilationHeads)
+    return Status::Unsupported("dilation: per-head dilation on CUDA supports up to " +
+                               std::to_string(kMaxDilationHeads) + " query heads; got " + std::to_string(p.heads_q));
   if (p.batch * p.heads_q > 65535)
     return Status::Unsupported("batch * heads_q: got " + std::to_string(p.batch * p.heads_q) +
                                "; the CUDA backend supports up to 65535 (one grid dimension)");
@@ -130,18 +134,10 @@ Status attention_forward(const AttentionParams& p) {
   f.scale_log2 = p.scale * 1.4426950408889634f;
   f.window_left = int(std::max<int64_t>(-1, std::min<int64_t>(p.window_left, INT32_MAX / 2)));
   f.window_right = p.causal ? 0 : int(std::max<int64_t>(-1, std::min<int64_t>(p.window_right, INT32_MAX / 2)));
-  int64_t max_dilation = 1;
-  if (!p.dilation) {
-    f.uniform_dilation = 1;
+  if (uniform) {
+    f.uniform_dilation = int(std::min<int64_t>(p.dilation ? p.dilation[0] : 1, INT32_MAX / 2));
   } else {
-    bool uniform = true;
-    for (int64_t h = 0; h < p.heads_q; ++h) {
-      uniform = uniform && p.dilation[h] == p.dilation[0];
-      max_dilation = std::max(max_dilation, p.dilation[h]);
-    }
-    if (uniform) f.uniform_dilation = int(std::min<int64_t>(p.dilation[0], INT32_MAX / 2));
-    else
-      for (int64_t h = 0; h < p.heads_q; ++h) f.dilation[h] = int(std::min<int64_t>(p.dilation[h], INT32_MAX / 2));
+    for (int64_t h = 0; h < p.heads_q; ++h) f.dilation[h] = int(std::min<int64_t>(p.dilation[h], INT32_MAX / 2));
   }
   f.residue_slots = int(std::min<int64_t>(max_dilation, p.seqlen_q));
   if (f.residue_slots >= 65535)
@@ -168,10 +164,6 @@ Status attention_forward(const AttentionParams& p) {
   }
   // Residue classes: x = query tiles of the largest class (that of the smallest dilation), y = class slot,
   // z = batch x query heads. Global query rows: their own launch, x = tiles of up to seqlen_q rows.
-  int64_t min_dilation = max_dilation;
-  if (!p.dilation) min_dilation = 1;
-  else
-    for (int64_t h = 0; h < p.heads_q; ++h) min_dilation = std::min(min_dilation, p.dilation[h]);
   const int64_t class_rows = (p.seqlen_q + min_dilation - 1) / min_dilation;
   const auto launch = [&](dim3 grid) {
     return p.dtype == DType::kFloat16 ? launch_tensor_core<__half>(f, int(p.head_dim), grid, p.stream)

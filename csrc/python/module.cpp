@@ -23,6 +23,17 @@ void raise_if_error(const Status& st) {
   }
 }
 
+// Runs a kernel call with the GIL released (other Python threads keep running), then maps its Status.
+template <typename Call>
+void run_without_gil(Call call) {
+  Status st;
+  {
+    py::gil_scoped_release release;
+    st = call();
+  }
+  raise_if_error(st);
+}
+
 DType parse_dtype(const std::string& s) {
   if (s == "float32") return DType::kFloat32;
   if (s == "float16") return DType::kFloat16;
@@ -90,12 +101,7 @@ void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, 
   p.workspace_bytes = workspace_bytes;
   p.device_index = device_index;
   p.stream = reinterpret_cast<void*>(stream);
-  Status st;
-  {
-    py::gil_scoped_release release;
-    st = attention_forward(p);
-  }
-  raise_if_error(st);
+  run_without_gil([&] { return attention_forward(p); });
 }
 
 // sizes = (batch, seqlen, heads, head_dim, head_dim_v); options = (n_hashes, n_buckets, chunk_length, chunks_before,
@@ -137,12 +143,7 @@ void lsh_attention_forward_py(uintptr_t qk, uintptr_t v, uintptr_t out, uintptr_
   p.mask_batch_stride = mask_strides[0];
   p.mask_seq_stride = mask_strides[1];
   p.stream = reinterpret_cast<void*>(stream);
-  Status st;
-  {
-    py::gil_scoped_release release;
-    st = lsh_attention_forward(p);
-  }
-  raise_if_error(st);
+  run_without_gil([&] { return lsh_attention_forward(p); });
 }
 
 }  // namespace

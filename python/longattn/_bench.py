@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -101,3 +103,45 @@ def plot_time_vs_seqlen(rows, style: dict, subtitle, title: str, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
+
+
+def peak_rss_growth_mib(run) -> tuple[float, float]:
+    """For a memory probe in a fresh process (Linux): the peak resident memory one run() call adds, and the size of
+    the tensor it returns, both in MiB. The caller warms up first, so one-off imports and thread start-up are not
+    counted."""
+    def status_kib(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    before = status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS counter (VmHWM) to the current RSS
+        f.write("5")
+    with torch.inference_mode():
+        out = run()
+    return (status_kib("VmHWM") - before) / 1024, out.numel() * out.element_size() / 2**20
+
+
+def run_memory_probe(script: str, *args) -> tuple[float, float] | None:
+    """Runs a probe script (which prints the two numbers of peak_rss_growth_mib) in a fresh interpreter."""
+    try:
+        out = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                             check=True).stdout.split()
+    except subprocess.CalledProcessError as e:
+        print(f"memory probe {args}: failed: {e.stderr.strip().splitlines()[-1:]}")
+        return None
+    return float(out[0]), float(out[1])
+
+
+def add_scaling_columns(rows) -> None:
+    """Adds to each benchmark row longattn's GFLOP/s as a share of its dense GFLOP/s (same S, else the largest dense
+    S of that dtype) and how its time grew from S/2. Rows carry dtype, seqlen, longattn_ms/_gflops, dense_gflops."""
+    for dt in {r["dtype"] for r in rows}:
+        sel = sorted((r for r in rows if r["dtype"] == dt), key=lambda r: r["seqlen"])
+        dense = [r for r in sel if r["dense_gflops"]]
+        for i, r in enumerate(sel):
+            same = r if r["dense_gflops"] else (dense[-1] if dense else None)
+            ok = same is not None and r["longattn_gflops"] is not None
+            r["of_dense_gflops"] = round(r["longattn_gflops"] / same["dense_gflops"], 3) if ok else None
+            r["of_dense_at_s"] = same["seqlen"] if ok else None
+            prev = sel[i - 1] if i and sel[i - 1]["seqlen"] * 2 == r["seqlen"] else None
+            ok = prev is not None and r["longattn_ms"] and prev["longattn_ms"]
+            r["t_over_t_half_s"] = round(r["longattn_ms"] / prev["longattn_ms"], 2) if ok else None

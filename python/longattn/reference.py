@@ -7,26 +7,6 @@ import math
 import torch
 
 
-def visible_keys(seqlen_q: int, seqlen_k: int, *, causal: bool = False, window: tuple[int, int] = (-1, -1),
-                 device=None) -> torch.Tensor:
-    """Bool (Sq, Sk): may query i attend key j?
-
-    Query i sits at key position p = i + (Sk - Sq) (bottom-right alignment). It may attend key j iff
-    p - left <= j <= p + right, where a bound of -1 is unbounded; causal is right = 0.
-    """
-    left, right = window
-    if causal:
-        right = 0
-    p = torch.arange(seqlen_q, device=device)[:, None] + (seqlen_k - seqlen_q)
-    j = torch.arange(seqlen_k, device=device)[None, :]
-    ok = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
-    if left >= 0:
-        ok &= j >= p - left
-    if right >= 0:
-        ok &= j <= p + right
-    return ok
-
-
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
                      scale: float | None = None, compute_dtype: torch.dtype = torch.float64):
     """softmax(scale * q kᵀ + mask) v, BSHD layout, GQA by repeating kv heads.
@@ -52,8 +32,9 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible:
 
 
 def attention(q, k, v, *, causal: bool = False, scale: float | None = None, compute_dtype=torch.float64):
-    """SPEC §1: returns (out, lse), computed in compute_dtype (float64: the oracle)."""
-    visible = visible_keys(q.shape[1], k.shape[1], causal=causal, device=q.device)
+    """SPEC §1: returns (out, lse), computed in compute_dtype (float64: the oracle). Dense is the unbounded window,
+    causal the window (-1, 0), both bottom-right aligned."""
+    visible = sliding_window_visible(q.shape[1], k.shape[1], window=(-1, -1), causal=causal, device=q.device)
     return masked_attention(q, k, v, visible, scale, compute_dtype)
 
 
@@ -61,9 +42,10 @@ def sliding_window_visible(seqlen_q: int, seqlen_k: int, *, window: tuple[int, i
                            dilation=1, global_tokens: torch.Tensor | None = None, device=None) -> torch.Tensor:
     """Bool (B or 1, Hq or 1, Sq, Sk): may query i attend key j under SPEC §2?
 
-    Query i sits at key position p = i + (Sk - Sq). Window part: p - left*dil <= j <= p + right*dil (a bound of -1
-    is unbounded; causal is right = 0) and (j - p) % dil == 0. Global part (Sq == Sk): every query also sees each
-    global key, and a global query sees every key. dilation: an int, or one int per query head.
+    Query i sits at key position p = i + (Sk - Sq) (bottom-right alignment). Window part:
+    p - left*dil <= j <= p + right*dil (a bound of -1 is unbounded; causal is right = 0) and (j - p) % dil == 0.
+    Global part (Sq == Sk): every query also sees each global key, and a global query sees every key.
+    dilation: an int, or one int per query head.
     """
     left, right = window
     if causal:
