@@ -294,3 +294,12 @@ def test_capabilities_report():
     assert caps["cpu_isa_active"] in caps["cpu_isa_compiled"] and "scalar" in caps["cpu_isa_compiled"]
     assert caps["threads"] >= 1 and isinstance(caps["cuda_kernels_built"], bool)
     assert caps["cuda_kernels_built"] == bool(caps["cuda_archs"])
+
+
+def test_main_job_reports_and_benchmarks():
+    out = subprocess.run([sys.executable, "-m", "longattn", "--seqlens", "128", "--window-seqlens", "1024",
+                          "--reps", "1"], capture_output=True, text=True, check=True, timeout=300).stdout
+    assert "longattn capability report" in out and "CUDA kernels" in out
+    assert "quick benchmark on cpu" in out and "sliding window (left = right = 256" in out
+    rows = [line for line in out.splitlines() if line.rstrip().endswith("x")]  # one per measured case
+    assert len(rows) == 4 + 2 and "float32   1024" in out
