@@ -549,8 +549,12 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
       for (int64_t c = 0; c < nq[t]; ++c) {
         const int64_t i = query_pos(u0[t] + c);
         if (!global_rows && plan.has_global() && plan.is_global(b, i)) continue;
-        const float inv = l[c] == 0.0f ? 0.0f : 1.0f / l[c];
-        store_row<T>(o + c * dv_pad, Dv, inv, out_head + i * p.out_stride.seq);
+        typename Elem<T>::Storage* dst = out_head + i * p.out_stride.seq;
+        if (l[c] == 0.0f) {  // nothing visible: exactly 0, even if a shared tile put 0·Inf = NaN into O
+          for (int64_t e = 0; e < Dv; ++e) dst[e] = Elem<T>::from_f32(0.0f);
+        } else {
+          store_row<T>(o + c * dv_pad, Dv, 1.0f / l[c], dst);
+        }
         if (lse_head) lse_head[i] = l[c] == 0.0f ? -INFINITY : kLn2 * (m[c] + std::log2(l[c]));
       }
     }

@@ -1,18 +1,15 @@
 // The CUDA backend: checks what this build and device support, builds FlashFwdParams, and launches on the caller's
 // stream. No device synchronisation and no allocation: scratch (the global-token index) comes from the caller
 // (AttentionParams::workspace, sized by attention_workspace_bytes), so CUDA-graph capture works.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <string>
 
 #include "cuda_backend.h"
 #include "flash_fwd.cuh"
 #include "flash_params.h"
+#include "platform.h"
 
-namespace longattn::cuda {
+namespace longattn::LONGATTN_CUDA_NS {
 
 cudaError_t launch_simt_fwd(const FlashFwdParams& p, void* stream);
 cudaError_t launch_build_global_index(const uint8_t* tokens, int64_t batch_stride, int64_t seq_stride, int batch,
@@ -181,4 +178,4 @@ Status attention_forward(const AttentionParams& p) {
   return Status::Ok();
 }
 
-}  // namespace longattn::cuda
+}  // namespace longattn::LONGATTN_CUDA_NS

@@ -13,14 +13,13 @@
 // sm90 wgmma/TMA main loop can reuse the former.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cstdint>
 
 #include "flash_params.h"
+#include "platform.h"
+#include "ptx.cuh"
 
-namespace longattn::cuda {
+namespace longattn::LONGATTN_CUDA_NS {
 
 constexpr int kBlockM = 64;
 constexpr int kBlockN = 64;
@@ -35,11 +34,7 @@ template <typename Elem> struct MmaAtom;
 template <> struct MmaAtom<__half> {
   // D (16x8 fp32) += A (16x16 row-major) · B (16x8 col-major)
   static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    ptx::mma_m16n8k16_f16(c, a, b);
   }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __half2 h = __floats2half2_rn(lo, hi);
@@ -51,11 +46,7 @@ template <> struct MmaAtom<__half> {
 };
 template <> struct MmaAtom<__nv_bfloat16> {
   static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    ptx::mma_m16n8k16_bf16(c, a, b);
   }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
@@ -65,28 +56,6 @@ template <> struct MmaAtom<__nv_bfloat16> {
     *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(lo, hi);
   }
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// Four 8x8 16-bit matrices; lane i gives the row address of matrix i / 8, row i % 8; register j gets matrix j.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(row)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(row)));
-}
-// 16 bytes global -> shared, asynchronously; a row outside the tensor is zero-filled (src-size 0).
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
 // ---- the iteration / mask policy -----------------------------------------------------------------------------------
 // One view of a (batch, query head): a residue class of the head's dilation (view query u = query first + u·d,
@@ -152,7 +121,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
   constexpr int kDTiles = D / 8;     // n-tiles of O
   constexpr int kKSteps = D / 16;    // k-steps of Q·Kᵀ
   using Atom = MmaAtom<Elem>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  LONGATTN_DYNAMIC_SHARED(unsigned char, smem_raw);
   Elem* sQ = reinterpret_cast<Elem*>(smem_raw);  // (64, kRow)
   Elem* sK = sQ + kBlockM * kRow;                 // (64, kRow)
   Elem* sV = sK + kBlockN * kRow;                 // (64, kRow)
@@ -176,13 +145,13 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
       const int row = c / kChunks, col = (c % kChunks) * 8;
       const int pos = pos_of(row);
       const Elem* src = base + (pos >= 0 ? int64_t(pos) * stride : 0) + col;
-      cp_async_16(dst + row * kRow + col, src, pos >= 0);
+      ptx::cp_async_16(dst + row * kRow + col, src, pos >= 0 ? 16 : 0);  // rows outside: zero-filled
     }
   };
 
   // Q tile, the view's rows
   load_tile(sQ, q_head, p.q_seq, [&](int row) { return row < nq ? view.query_pos(u0 + row) : -1; });
-  cp_async_commit();
+  ptx::cp_async_commit();
 
   float o[kDTiles][4];
 #pragma unroll
@@ -205,11 +174,11 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
       return t < t_end ? view.residue + t * view.dilation : -1;
     };
     load_tile(sK, k_head, p.k_seq, key_pos);
-    cp_async_commit();
-    cp_async_wait_all();
+    ptx::cp_async_commit();
+    ptx::cp_async_wait_group<0>();
     __syncthreads();
     load_tile(sV, v_head, p.v_seq, key_pos);  // overlaps with S = Q·Kᵀ and the softmax
-    cp_async_commit();
+    ptx::cp_async_commit();
 
     // S (16, 64) = Q (16, D) · Kᵀ for this warp's rows
     float s[8][4];
@@ -220,13 +189,13 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
       uint32_t a[4];
       {
         const int mi = lane / 8, row = warp * 16 + (mi % 2) * 8 + lane % 8, col = ks * 16 + (mi / 2) * 8;
-        ldmatrix_x4(a, sQ + row * kRow + col);
+        ptx::ldmatrix_x4(a, sQ + row * kRow + col);
       }
 #pragma unroll
       for (int n = 0; n < 8; n += 2) {  // two n-tiles of 8 keys per ldmatrix.x4
         uint32_t bk[4];
         const int mi = lane / 8, row = n * 8 + (mi / 2) * 8 + lane % 8, col = ks * 16 + (mi % 2) * 8;
-        ldmatrix_x4(bk, sK + row * kRow + col);
+        ptx::ldmatrix_x4(bk, sK + row * kRow + col);
         Atom::mma(s[n], a, bk);
         Atom::mma(s[n + 1], a, bk + 2);
       }
@@ -286,7 +255,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
       o[i][3] *= alpha[1];
     }
 
-    cp_async_wait_all();
+    ptx::cp_async_wait_group<0>();
     __syncthreads();
     // O (16, D) += P (16, 64) · V (64, D); P's fragments are S's accumulators repacked as A operands.
 #pragma unroll
@@ -300,7 +269,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
       for (int i = 0; i < kDTiles; i += 2) {
         uint32_t bv[4];
         const int mi = lane / 8, row = kk * 16 + (mi % 2) * 8 + lane % 8, col = i * 8 + (mi / 2) * 8;
-        ldmatrix_x4_trans(bv, sV + row * kRow + col);
+        ptx::ldmatrix_x4_trans(bv, sV + row * kRow + col);
         Atom::mma(o[i], a, bv);
         Atom::mma(o[i + 1], a, bv + 2);
       }
@@ -308,7 +277,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
     __syncthreads();  // sK and sV are overwritten by the next tile
   }
 
-  cp_async_wait_all();  // a block with no key tile still has its Q copy in flight
+  ptx::cp_async_wait_group<0>();  // a block with no key tile still has its Q copy in flight
   // Epilogue: out = O / l (0 for a row that saw nothing), lse = ln2 · (m + log2 l). A global query's row is written
   // by its global-rows view, not by its residue class.
   Elem* out_head = static_cast<Elem*>(p.out) + b * p.o_batch + h * p.o_head;
@@ -318,10 +287,13 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
     if (u >= view.n_queries) continue;
     const int i = view.query_pos(u);
     if (!view.global_rows && p.global_tokens && p.global_tokens[b * p.global_batch + i * p.global_seq]) continue;
-    const float inv = l_row[rr] == 0.0f ? 0.0f : 1.0f / l_row[rr];
+    // A row that saw nothing is exactly 0, even if a tile it shared put 0·Inf = NaN into its O (P·V of a masked key)
+    const bool empty = l_row[rr] == 0.0f;
+    const float inv = empty ? 0.0f : 1.0f / l_row[rr];
     Elem* row = out_head + int64_t(i) * p.o_seq;
 #pragma unroll
-    for (int n = 0; n < kDTiles; ++n) Atom::store2(row + n * 8 + tig * 2, o[n][2 * rr] * inv, o[n][2 * rr + 1] * inv);
+    for (int n = 0; n < kDTiles; ++n)
+      Atom::store2(row + n * 8 + tig * 2, empty ? 0.0f : o[n][2 * rr] * inv, empty ? 0.0f : o[n][2 * rr + 1] * inv);
     if (p.lse && tig == 0)
       p.lse[b * p.lse_batch + h * p.lse_head + i] =
           l_row[rr] == 0.0f ? -INFINITY : 0.6931471805599453f * (m_row[rr] + log2f(l_row[rr]));
@@ -332,4 +304,4 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
 template <typename Elem, int D>
 cudaError_t launch_flash_fwd(const FlashFwdParams& p, dim3 grid, void* stream);
 
-}  // namespace longattn::cuda
+}  // namespace longattn::LONGATTN_CUDA_NS

@@ -2,11 +2,9 @@
 // so the instantiations compile in parallel and a build compiles only what dispatch needs.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include "flash_fwd.cuh"
 
-namespace longattn::cuda {
+namespace longattn::LONGATTN_CUDA_NS {
 
 template <typename Elem, int D>
 cudaError_t launch_flash_fwd(const FlashFwdParams& p, dim3 grid, void* stream) {
@@ -19,8 +17,7 @@ cudaError_t launch_flash_fwd(const FlashFwdParams& p, dim3 grid, void* stream) {
         cudaFuncSetAttribute(flash_fwd_kernel<Elem, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return e;
   }
-  flash_fwd_kernel<Elem, D><<<grid, kThreads, smem, static_cast<cudaStream_t>(stream)>>>(p);
-  return cudaGetLastError();
+  return launch<flash_fwd_kernel<Elem, D>>(grid, dim3(kThreads), smem, stream, p);
 }
 
-}  // namespace longattn::cuda
+}  // namespace longattn::LONGATTN_CUDA_NS

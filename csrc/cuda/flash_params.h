@@ -4,7 +4,9 @@
 
 #include <cstdint>
 
-namespace longattn::cuda {
+#include "platform.h"
+
+namespace longattn::LONGATTN_CUDA_NS {
 
 constexpr int kMaxDilationHeads = 256;  // per-head dilation travels in the kernel parameters
 
@@ -41,4 +43,4 @@ struct FlashFwdParams {
   const int32_t* global_count;
 };
 
-}  // namespace longattn::cuda
+}  // namespace longattn::LONGATTN_CUDA_NS

@@ -1,12 +1,11 @@
 // CUDA-core kernels: the float32 forward (exact float32 arithmetic, one warp per query row; the correctness path for
 // float32 inputs, not a fast one) and the device-side builder of the global-token index lists.
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
 #include "flash_params.h"
+#include "platform.h"
 
-namespace longattn::cuda {
+namespace longattn::LONGATTN_CUDA_NS {
 
 namespace {
 
@@ -97,8 +96,8 @@ __global__ void __launch_bounds__(128) simt_fwd_kernel(const __grid_constant__ F
 __global__ void __launch_bounds__(1024) build_global_index_kernel(const uint8_t* tokens, int64_t batch_stride,
                                                                   int64_t seq_stride, int seqlen, int32_t* index,
                                                                   int32_t* count) {
-  __shared__ int warp_total[32];
-  __shared__ int running;
+  LONGATTN_SHARED(int[32], warp_total);
+  LONGATTN_SHARED(int, running);
   const int b = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   if (tid == 0) running = 0;
   __syncthreads();
@@ -123,15 +122,13 @@ __global__ void __launch_bounds__(1024) build_global_index_kernel(const uint8_t*
 
 cudaError_t launch_simt_fwd(const FlashFwdParams& p, void* stream) {
   const dim3 grid((p.seqlen_q + 3) / 4, p.batch * p.heads_q);
-  simt_fwd_kernel<<<grid, 128, 0, static_cast<cudaStream_t>(stream)>>>(p);
-  return cudaGetLastError();
+  return launch<simt_fwd_kernel>(grid, dim3(128), 0, stream, p);
 }
 
 cudaError_t launch_build_global_index(const uint8_t* tokens, int64_t batch_stride, int64_t seq_stride, int batch,
                                       int seqlen, int32_t* index, int32_t* count, void* stream) {
-  build_global_index_kernel<<<batch, 1024, 0, static_cast<cudaStream_t>(stream)>>>(tokens, batch_stride, seq_stride,
-                                                                                   seqlen, index, count);
-  return cudaGetLastError();
+  return launch<build_global_index_kernel>(dim3(unsigned(batch)), dim3(1024), 0, stream, tokens, batch_stride,
+                                           seq_stride, seqlen, index, count);
 }
 
-}  // namespace longattn::cuda
+}  // namespace longattn::LONGATTN_CUDA_NS
