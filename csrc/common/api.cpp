@@ -1,7 +1,8 @@
 // The public entry points: check, skip empty work, dispatch by device.
 #include "../cpu/cpu_backend.h"
+#include "longattn/cuda_emulator.h"
 #include "longattn/longattn.h"
-#if defined(LONGATTN_WITH_CUDA)
+#if defined(LONGATTN_WITH_CUDA) || defined(LONGATTN_WITH_CUDA_EMULATOR)
 #include "../cuda/cuda_backend.h"
 #endif
 #ifndef LONGATTN_CUDA_ARCHS
@@ -29,6 +30,13 @@ Status attention_forward(const AttentionParams& p) {
       return Status::Unsupported("device: this longattn build has no CUDA kernels (built without nvcc); "
                                  "use CPU tensors or rebuild with the CUDA toolkit");
 #endif
+    case Device::kCudaEmulator:
+#if defined(LONGATTN_WITH_CUDA_EMULATOR)
+      return cuda_emulated::run_on_emulator(p);
+#else
+      return Status::Unsupported("device: this longattn build has no CUDA emulator (built with "
+                                 "LONGATTN_CUDA_EMULATOR=OFF)");
+#endif
   }
   return Status::Invalid("device: unknown");
 }
@@ -36,6 +44,9 @@ Status attention_forward(const AttentionParams& p) {
 int64_t attention_workspace_bytes(const AttentionParams& p) {
 #if defined(LONGATTN_WITH_CUDA)
   if (p.device == Device::kCuda) return cuda::workspace_bytes(p);
+#endif
+#if defined(LONGATTN_WITH_CUDA_EMULATOR)
+  if (p.device == Device::kCudaEmulator) return cuda_emulated::workspace_bytes(p);
 #endif
   (void)p;
   return 0;
@@ -58,10 +69,25 @@ Status lsh_attention_forward(const LshAttentionParams& p) {
   switch (p.device) {
     case Device::kCpu: return cpu::lsh_attention_forward(p);
     case Device::kCuda:
-      return Status::Unsupported("device: cuda is not supported yet for lsh_attention (this build has no CUDA "
-                                 "kernels); use CPU tensors");
+    case Device::kCudaEmulator:
+      return Status::Unsupported("device: lsh_attention has no CUDA kernels yet; use CPU tensors");
   }
   return Status::Invalid("device: unknown");
 }
+
+#if !defined(LONGATTN_WITH_CUDA_EMULATOR)
+// Built without the emulator: it reports so and refuses to be configured.
+namespace emulator {
+bool built() { return false; }
+bool plain_access_checks() { return false; }
+Status configure(const Options&) {
+  return Status::Unsupported("cuda emulator: this build has none (LONGATTN_CUDA_EMULATOR=OFF)");
+}
+Options options() { return {}; }
+Stats stats() { return {}; }
+void reset_stats() {}
+std::vector<FragmentElement> fragment_layout(const std::string&) { return {}; }
+}  // namespace emulator
+#endif
 
 }  // namespace longattn

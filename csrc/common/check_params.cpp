@@ -20,8 +20,8 @@ std::string cat(const Parts&... parts) {
 Status check_params(const AttentionParams& p) {
   if (p.dtype != DType::kFloat32 && p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
     return Status::Invalid(cat("dtype: got ", int(p.dtype), ", expected float32, float16 or bfloat16"));
-  if (p.device != Device::kCpu && p.device != Device::kCuda)
-    return Status::Invalid(cat("device: got ", int(p.device), ", expected cpu or cuda"));
+  if (p.device != Device::kCpu && p.device != Device::kCuda && p.device != Device::kCudaEmulator)
+    return Status::Invalid(cat("device: got ", int(p.device), ", expected cpu, cuda or cuda_emulator"));
   const struct { const char* name; int64_t value; } sizes[] = {
       {"batch", p.batch},     {"seqlen_q", p.seqlen_q}, {"seqlen_k", p.seqlen_k},     {"heads_q", p.heads_q},
       {"heads_k", p.heads_k}, {"head_dim", p.head_dim}, {"head_dim_v", p.head_dim_v}};
@@ -64,8 +64,8 @@ Status check_params(const AttentionParams& p) {
 Status check_lsh_params(const LshAttentionParams& p) {
   if (p.dtype != DType::kFloat32 && p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
     return Status::Invalid(cat("dtype: got ", int(p.dtype), ", expected float32, float16 or bfloat16"));
-  if (p.device != Device::kCpu && p.device != Device::kCuda)
-    return Status::Invalid(cat("device: got ", int(p.device), ", expected cpu or cuda"));
+  if (p.device != Device::kCpu && p.device != Device::kCuda && p.device != Device::kCudaEmulator)
+    return Status::Invalid(cat("device: got ", int(p.device), ", expected cpu, cuda or cuda_emulator"));
   const struct { const char* name; int64_t value; } sizes[] = {{"batch", p.batch},       {"seqlen", p.seqlen},
                                                                {"heads", p.heads},       {"head_dim", p.head_dim},
                                                                {"head_dim_v", p.head_dim_v}};

@@ -1,10 +1,20 @@
-// The CUDA backend's entry points, callable from plain C++ (api.cpp). Present only when LONGATTN_WITH_CUDA.
+// The CUDA backend's entry points, callable from plain C++ (api.cpp). The same source is compiled twice: by nvcc
+// for GPUs (namespace cuda, when LONGATTN_WITH_CUDA) and by the host compiler for the CUDA emulator (namespace
+// cuda_emulated, when LONGATTN_WITH_CUDA_EMULATOR).
 #pragma once
 #include "longattn/longattn.h"
 
-namespace longattn::cuda {
+namespace longattn {
+namespace cuda {
 // Runs a checked, non-empty forward call on the current CUDA device, on params.stream.
 Status attention_forward(const AttentionParams& params);
 // Device scratch bytes attention_forward needs in params.workspace (0 unless there are global tokens).
 int64_t workspace_bytes(const AttentionParams& params);
-}  // namespace longattn::cuda
+}  // namespace cuda
+namespace cuda_emulated {
+Status attention_forward(const AttentionParams& params);
+int64_t workspace_bytes(const AttentionParams& params);
+// attention_forward with the call's buffers registered for the emulator's memory checker (what api.cpp calls).
+Status run_on_emulator(const AttentionParams& params);
+}  // namespace cuda_emulated
+}  // namespace longattn

@@ -11,7 +11,9 @@
 namespace longattn {
 
 enum class DType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
-enum class Device : int32_t { kCpu = 0, kCuda = 1 };
+// kCudaEmulator: the CUDA backend's host code and kernels, run on the CPU by longattn's CUDA emulator, with host
+// pointers for every buffer (longattn/cuda_emulator.h). For testing CUDA code paths without a GPU; slow.
+enum class Device : int32_t { kCpu = 0, kCuda = 1, kCudaEmulator = 2 };
 
 enum class StatusCode : int32_t {
   kOk = 0,

@@ -1,0 +1,167 @@
+// The CUDA backend through the public C++ API on the emulator (Device::kCudaEmulator), against the naive double
+// reference: what a C++ inference stack's own test suite can do without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "longattn/cuda_emulator.h"
+#include "longattn/longattn.h"
+#include "reference.h"
+
+namespace longattn {
+namespace {
+
+uint16_t to_f16(float f) {
+  // round to nearest even through the F16C-free path of the reference: float -> half bits
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u, a = x & 0x7fffffffu;
+  if (a >= 0x477ff000u) return uint16_t(sign | 0x7c00u);
+  if (a < 0x38800000u) {
+    const float scaled = std::nearbyint(std::fabs(f) * 0x1p24f);  // subnormal: units of 2^-24 (ties to even)
+    return uint16_t(sign | uint32_t(scaled));
+  }
+  uint32_t r = (a - 0x38000000u) >> 13;
+  const uint32_t rem = a & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) ++r;
+  return uint16_t(sign | r);
+}
+float from_f16(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  float f = e == 0 ? float(m) * 0x1p-24f : std::ldexp(float(m | 0x400u), int(e) - 25);
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  bits |= sign;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+uint16_t to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+float from_bf16(uint16_t h) {
+  const uint32_t x = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+struct Case {
+  int64_t batch, seqlen_q, seqlen_k, heads_q, heads_k, head_dim;
+  bool causal = false;
+  int64_t left = -1, right = -1;
+  std::vector<int64_t> dilation = {};
+  std::vector<int64_t> global = {};  // positions, global in every batch element
+};
+
+void run_case(const Case& c, DType dtype) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> dist;
+  const int64_t nq = c.batch * c.seqlen_q * c.heads_q * c.head_dim, nk = c.batch * c.seqlen_k * c.heads_k * c.head_dim;
+  std::vector<float> q(nq), k(nk), v(nk);
+  std::vector<uint16_t> q16(nq), k16(nk), v16(nk);
+  for (auto* pair : {&q, &k, &v}) {
+    std::vector<uint16_t>& bits = pair == &q ? q16 : pair == &k ? k16 : v16;
+    for (size_t i = 0; i < pair->size(); ++i) {
+      float x = dist(rng);
+      if (dtype == DType::kFloat16) bits[i] = to_f16(x), x = from_f16(bits[i]);
+      if (dtype == DType::kBFloat16) bits[i] = to_bf16(x), x = from_bf16(bits[i]);
+      (*pair)[i] = x;
+    }
+  }
+  const int64_t no = c.batch * c.seqlen_q * c.heads_q * c.head_dim;
+  std::vector<float> out32(no, NAN), lse(c.batch * c.heads_q * c.seqlen_q, NAN);
+  std::vector<uint16_t> out16(no, 0x7fff);
+  std::vector<uint8_t> global;
+  AttentionParams p;
+  p.device = Device::kCudaEmulator;
+  p.dtype = dtype;
+  p.batch = c.batch, p.seqlen_q = c.seqlen_q, p.seqlen_k = c.seqlen_k, p.heads_q = c.heads_q, p.heads_k = c.heads_k;
+  p.head_dim = p.head_dim_v = c.head_dim;
+  const bool f32 = dtype == DType::kFloat32;
+  p.q = f32 ? static_cast<const void*>(q.data()) : q16.data();
+  p.k = f32 ? static_cast<const void*>(k.data()) : k16.data();
+  p.v = f32 ? static_cast<const void*>(v.data()) : v16.data();
+  p.out = f32 ? static_cast<void*>(out32.data()) : out16.data();
+  p.lse = lse.data();
+  p.q_stride = {c.seqlen_q * c.heads_q * c.head_dim, c.heads_q * c.head_dim, c.head_dim};
+  p.k_stride = p.v_stride = {c.seqlen_k * c.heads_k * c.head_dim, c.heads_k * c.head_dim, c.head_dim};
+  p.out_stride = p.q_stride;
+  p.lse_batch_stride = c.heads_q * c.seqlen_q;
+  p.lse_head_stride = c.seqlen_q;
+  p.scale = 1.0f / std::sqrt(float(c.head_dim));
+  p.causal = c.causal;
+  p.window_left = c.left;
+  p.window_right = c.right;
+  p.dilation = c.dilation.empty() ? nullptr : c.dilation.data();
+  if (!c.global.empty()) {
+    global.assign(c.batch * c.seqlen_k, 0);
+    for (int64_t b = 0; b < c.batch; ++b)
+      for (int64_t pos : c.global) global[b * c.seqlen_k + pos] = 1;
+    p.global_tokens = global.data();
+    p.global_batch_stride = c.seqlen_k;
+    p.global_seq_stride = 1;
+  }
+  std::vector<uint8_t> workspace(size_t(attention_workspace_bytes(p)));
+  p.workspace = workspace.empty() ? nullptr : workspace.data();
+  p.workspace_bytes = int64_t(workspace.size());
+  const Status st = attention_forward(p);
+  ASSERT_TRUE(st.ok()) << st.message;
+
+  std::vector<double> want, want_lse;
+  testing::naive_attention(p, q, k, v, &want, &want_lse);
+  // P is rounded to the input dtype before P·V on tensor cores (as FlashAttention does): a relative error of the
+  // dtype's epsilon on each weight, at most |v| ~ 4 here.
+  const double tol = f32 ? 2e-5 : dtype == DType::kFloat16 ? 6e-3 : 5e-2;
+  for (int64_t i = 0; i < no; ++i) {
+    const double got = f32 ? out32[i] : dtype == DType::kFloat16 ? from_f16(out16[i]) : from_bf16(out16[i]);
+    ASSERT_NEAR(got, want[i], tol) << "out element " << i;
+  }
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isinf(want_lse[i])) {
+      ASSERT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "lse " << i;
+    } else {
+      ASSERT_NEAR(lse[i], want_lse[i], 1e-4 * std::max(1.0, std::fabs(want_lse[i]))) << "lse " << i;
+    }
+  }
+}
+
+TEST(EmulatedBackend, TensorCoreKernelsMatchTheReference) {
+  for (DType t : {DType::kFloat16, DType::kBFloat16}) {
+    run_case({2, 100, 100, 2, 1, 64}, t);
+    run_case({1, 100, 100, 2, 2, 64, true}, t);
+    run_case({1, 20, 150, 2, 2, 128, true}, t);                     // Sq < Sk: bottom-right causal
+    run_case({1, 150, 20, 2, 1, 32, true}, t);                      // Sq > Sk: the first rows see nothing
+    run_case({1, 130, 130, 4, 2, 32, false, 17, 5}, t);             // a window
+    run_case({1, 90, 90, 4, 4, 96, false, 3, 3, {1, 2, 3, 4}}, t);  // per-head dilation
+    run_case({2, 140, 140, 2, 1, 64, false, 8, 8, {}, {0, 77, 139}}, t);  // global tokens
+  }
+}
+
+TEST(EmulatedBackend, Float32KernelMatchesTheReference) {
+  run_case({1, 70, 90, 3, 1, 40, true}, DType::kFloat32);
+  run_case({1, 64, 64, 2, 2, 33, false, 5, 9, {2, 3}, {}}, DType::kFloat32);
+  run_case({1, 64, 64, 2, 2, 16, false, 4, 4, {}, {3, 40}}, DType::kFloat32);
+}
+
+TEST(EmulatedBackend, UnsupportedHeadDimIsRefusedWithTheSupportedList) {
+  std::vector<uint16_t> x(2 * 40, 0);
+  AttentionParams p;
+  p.device = Device::kCudaEmulator;
+  p.dtype = DType::kFloat16;
+  p.batch = p.seqlen_q = p.seqlen_k = p.heads_q = p.heads_k = 1;
+  p.head_dim = p.head_dim_v = 40;
+  p.q = p.k = p.v = x.data();
+  p.out = x.data() + 40;
+  p.q_stride = p.k_stride = p.v_stride = p.out_stride = {40, 40, 40};
+  const Status st = attention_forward(p);
+  EXPECT_EQ(st.code, StatusCode::kUnsupported);
+  EXPECT_NE(st.message.find("head_dim == head_dim_v in {32, 64, 96, 128, 256}"), std::string::npos) << st.message;
+}
+
+}  // namespace
+}  // namespace longattn
