@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "longattn/cuda_emulator.h"
 #include "longattn/longattn.h"
 
 namespace py = pybind11;
@@ -44,7 +45,8 @@ DType parse_dtype(const std::string& s) {
 Device parse_device(const std::string& s) {
   if (s == "cpu") return Device::kCpu;
   if (s == "cuda") return Device::kCuda;
-  throw py::value_error("device: got '" + s + "', expected cpu or cuda");
+  if (s == "cuda_emulator") return Device::kCudaEmulator;
+  throw py::value_error("device: got '" + s + "', expected cpu, cuda or cuda_emulator");
 }
 
 CpuIsa parse_isa(const std::string& s) {
@@ -157,17 +159,17 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dilation"), py::arg("global_tokens"), py::arg("global_strides"), py::arg("stream"),
         py::arg("workspace") = 0, py::arg("workspace_bytes") = 0, py::arg("device_index") = -1);
   m.def(
-      "cuda_workspace_bytes",
-      [](int64_t batch, int64_t seqlen_k, bool global_tokens) {
+      "workspace_bytes",
+      [](const std::string& device, int64_t batch, int64_t seqlen_k, bool global_tokens) {
         AttentionParams p;
-        p.device = Device::kCuda;
+        p.device = parse_device(device);
         p.batch = batch;
         p.seqlen_k = seqlen_k;
         static const uint8_t any = 1;
         p.global_tokens = global_tokens ? &any : nullptr;
         return attention_workspace_bytes(p);
       },
-      py::arg("batch"), py::arg("seqlen_k"), py::arg("global_tokens"));
+      py::arg("device"), py::arg("batch"), py::arg("seqlen_k"), py::arg("global_tokens"));
   m.def("lsh_attention_forward", &lsh_attention_forward_py, py::arg("qk"), py::arg("v"), py::arg("out"),
         py::arg("lse"), py::arg("dtype"), py::arg("device"), py::arg("sizes"), py::arg("qk_strides"),
         py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"), py::arg("options"), py::arg("causal"),
@@ -180,6 +182,55 @@ PYBIND11_MODULE(_C, m) {
   m.def("best_cpu_isa", [] { return std::string(cpu_isa_name(best_cpu_isa())); });
   m.def("set_cpu_isa", [](const std::string& s) { raise_if_error(set_cpu_isa(parse_isa(s))); });
   m.def("cpu_isa_supported", [](const std::string& s) { return cpu_isa_supported(parse_isa(s)); });
+  // ---- the CUDA emulator (longattn.testing.cuda_emulator) ----
+  m.attr("emulator_built") = emulator::built();
+  m.attr("emulator_plain_access_checks") = emulator::plain_access_checks();
+  m.def(
+      "emulator_configure",
+      [](int compute_capability, bool memcheck, bool shuffle, uint64_t seed, int workers) {
+        emulator::Options o;
+        o.compute_capability = compute_capability;
+        o.memcheck = memcheck;
+        o.shuffle = shuffle;
+        o.seed = seed;
+        o.workers = workers;
+        raise_if_error(emulator::configure(o));
+      },
+      py::arg("compute_capability"), py::arg("memcheck"), py::arg("shuffle"), py::arg("seed"), py::arg("workers"));
+  m.def("emulator_options", [] {
+    const emulator::Options o = emulator::options();
+    py::dict d;
+    d["compute_capability"] = o.compute_capability;
+    d["memcheck"] = o.memcheck;
+    d["shuffle"] = o.shuffle;
+    d["seed"] = o.seed;
+    d["workers"] = o.workers;
+    return d;
+  });
+  m.def("emulator_stats", [] {
+    const emulator::Stats s = emulator::stats();
+    py::dict d;
+    d["launches"] = s.launches;
+    d["blocks"] = s.blocks;
+    d["threads"] = s.threads;
+    d["barriers"] = s.barriers;
+    d["warp_collectives"] = s.warp_collectives;
+    d["mma"] = s.mma;
+    d["ldmatrix"] = s.ldmatrix;
+    d["cp_async"] = s.cp_async;
+    d["checked_accesses"] = s.checked_accesses;
+    return d;
+  });
+  m.def("emulator_reset_stats", &emulator::reset_stats);
+  m.def(
+      "emulator_fragment_layout",
+      [](const std::string& name) {
+        py::list out;
+        for (const auto& e : emulator::fragment_layout(name))
+          out.append(py::make_tuple(e.lane, e.value, e.row, e.col, e.matrix));
+        return out;
+      },
+      py::arg("name"));
   m.attr("cuda_toolkit_at_build") = bool(LONGATTN_CUDA_TOOLKIT_FOUND);
   m.attr("cuda_kernels_built") = cuda_kernels_built();
   {

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from . import _C
+from . import _C, testing
 from ._ops import attention_fwd, lsh_attention_fwd
 from ._validate import (check_bool, check_buckets, check_dilation, check_global_tokens, check_int,
                         check_key_padding_mask, check_no_grad, check_qk_v, check_qkv, check_rotations, check_window,
@@ -165,6 +165,8 @@ def capabilities() -> dict:
         "cuda_toolkit_at_build": bool(_C.cuda_toolkit_at_build),
         "cuda_kernels_built": bool(_C.cuda_kernels_built),
         "cuda_archs": list(_C.cuda_archs),
+        "cuda_emulator_built": bool(_C.emulator_built),
+        "cuda_emulator_plain_access_checks": bool(_C.emulator_plain_access_checks),
         "cuda_device": torch.cuda.get_device_name() if cuda_usable else None,
         "cuda_capability": ".".join(map(str, torch.cuda.get_device_capability())) if cuda_usable else None,
     }

@@ -20,6 +20,10 @@ def report() -> None:
     print(f"  CPU threads          {caps['threads']} (LONGATTN_NUM_THREADS={caps['threads_env'] or 'unset'})")
     print(f"  CUDA kernels         {'built' if caps['cuda_kernels_built'] else 'not built (no nvcc at build time)'}; "
           f"archs: {', '.join(caps['cuda_archs']) or '-'}")
+    emulator = ("built (longattn.testing.cuda_emulator(): the CUDA kernels on the CPU, for tests; memory checker "
+                f"{'sees every load and store' if caps['cuda_emulator_plain_access_checks'] else 'sees PTX only'})"
+                if caps["cuda_emulator_built"] else "not built (LONGATTN_CUDA_EMULATOR=OFF)")
+    print(f"  CUDA emulator        {emulator}")
     gpu = caps["cuda_device"]
     print(f"  GPU                  {gpu + ' (compute capability ' + caps['cuda_capability'] + ')' if gpu else 'none usable'}")
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from . import _C
+from . import _C, _backend
 
 
 def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
@@ -17,10 +17,10 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-def _cuda_aligned(t: torch.Tensor) -> torch.Tensor:
+def _cuda_aligned(t: torch.Tensor, backend: str) -> torch.Tensor:
     # The CUDA kernels copy rows in 16-byte pieces: the base pointer and every row start must be 16-byte aligned.
     # Anything else (an odd offset or stride from slicing) is copied once.
-    if t.device.type != "cuda":
+    if not _backend.is_cuda_like(backend):
         return t
     step = 16 // t.element_size()
     if t.data_ptr() % 16 == 0 and all(s % step == 0 for s in t.stride()[:-1]):
@@ -32,8 +32,12 @@ def _bsh_strides(t: torch.Tensor) -> tuple[int, int, int]:
     return (t.stride(0), t.stride(1), t.stride(2))
 
 
-def _stream_handle(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+def _stream_handle(device: torch.device, backend: str) -> int:
+    return torch.cuda.current_stream(device).cuda_stream if backend == "cuda" else 0
+
+
+def _device_index(device: torch.device, backend: str) -> int:
+    return device.index if backend == "cuda" and device.index is not None else -1
 
 
 @torch.library.custom_op("longattn::attention_fwd", mutates_args=())
@@ -48,28 +52,29 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     """
     B, Sq, Hq, D = q.shape
     Sk, Hk, Dv = k.shape[1], k.shape[2], v.shape[3]
-    out = torch.empty((B, Sq, Hq, Dv), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, Hq, Sq) if need_lse else (0,), dtype=torch.float32, device=q.device)
+    backend = _backend.of(q)
+    out = _backend.new_output((B, Sq, Hq, Dv), q.dtype, q.device)
+    lse = _backend.new_output((B, Hq, Sq) if need_lse else (0,), torch.float32, q.device)
     if out.numel() == 0:
         return out, lse
     if Sk == 0:  # every row is empty: out = 0, lse = -inf, nothing to launch
         return out.zero_(), lse.fill_(float("-inf"))
-    q, k, v = (_cuda_aligned(_unit_last_stride(t)) for t in (q, k, v))
+    q, k, v = (_cuda_aligned(_unit_last_stride(t), backend) for t in (q, k, v))
     g_ptr, g_strides = 0, (0, 0)
     workspace = None
     if global_tokens is not None:
         g_ptr, g_strides = global_tokens.data_ptr(), (global_tokens.stride(0), global_tokens.stride(1))
-        n = _C.cuda_workspace_bytes(B, Sk, True) if q.device.type == "cuda" else 0
+        n = _C.workspace_bytes(backend, B, Sk, True)
         if n:  # device scratch from torch's allocator (no cudaMalloc in the kernel call; graph capture safe)
             workspace = torch.empty(n, dtype=torch.uint8, device=q.device)
     _C.attention_forward(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr() if need_lse else 0,
-        str(q.dtype).removeprefix("torch."), q.device.type, (B, Sq, Sk, Hq, Hk, D, Dv),
+        str(q.dtype).removeprefix("torch."), backend, (B, Sq, Sk, Hq, Hk, D, Dv),
         _bsh_strides(q), _bsh_strides(k), _bsh_strides(v), _bsh_strides(out),
         (lse.stride(0), lse.stride(1)) if need_lse else (0, 0),
-        scale, causal, window_left, window_right, list(dilation), g_ptr, g_strides, _stream_handle(q.device),
-        0 if workspace is None else workspace.data_ptr(), 0 if workspace is None else workspace.numel(),
-        q.device.index if q.device.type == "cuda" and q.device.index is not None else -1)
+        scale, causal, window_left, window_right, list(dilation), g_ptr, g_strides,
+        _stream_handle(q.device, backend), 0 if workspace is None else workspace.data_ptr(),
+        0 if workspace is None else workspace.numel(), _device_index(q.device, backend))
     return out, lse
 
 
@@ -91,8 +96,9 @@ def lsh_attention_fwd(qk: torch.Tensor, v: torch.Tensor, n_hashes: int, n_bucket
     (0,) tensor unless return_buckets)."""
     B, S, H, D = qk.shape
     Dv = v.shape[3]
-    out = torch.empty((B, S, H, Dv), dtype=qk.dtype, device=qk.device)
-    lse = torch.empty((B, H, S), dtype=torch.float32, device=qk.device)
+    backend = _backend.of(qk)
+    out = _backend.new_output((B, S, H, Dv), qk.dtype, qk.device)
+    lse = _backend.new_output((B, H, S), torch.float32, qk.device)
     buckets_out = torch.empty((B, H, n_hashes, S) if return_buckets else (0,), dtype=torch.int64, device=qk.device)
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse, buckets_out
@@ -102,10 +108,10 @@ def lsh_attention_fwd(qk: torch.Tensor, v: torch.Tensor, n_hashes: int, n_bucket
         m_ptr, m_strides = key_padding_mask.data_ptr(), (key_padding_mask.stride(0), key_padding_mask.stride(1))
     _C.lsh_attention_forward(
         qk.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), str(qk.dtype).removeprefix("torch."),
-        qk.device.type, (B, S, H, D, Dv), _bsh_strides(qk), _bsh_strides(v), _bsh_strides(out),
+        backend, (B, S, H, D, Dv), _bsh_strides(qk), _bsh_strides(v), _bsh_strides(out),
         (lse.stride(0), lse.stride(1)), (n_hashes, n_buckets, chunk_length, chunks_before, chunks_after), causal,
         0 if rotations is None else rotations.data_ptr(), 0 if buckets is None else buckets.data_ptr(),
-        buckets_out.data_ptr() if return_buckets else 0, m_ptr, m_strides, _stream_handle(qk.device))
+        buckets_out.data_ptr() if return_buckets else 0, m_ptr, m_strides, _stream_handle(qk.device, backend))
     return out, lse, buckets_out
 
 

@@ -7,6 +7,8 @@ import numbers
 
 import torch
 
+from . import _backend
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CPU_HEAD_DIMS = range(1, 257)
 
@@ -73,13 +75,13 @@ def check_qkv(q, k, v) -> None:
                          "query head count (grouped-query attention)")
     if q.shape[3] != k.shape[3]:
         raise ValueError(f"head_dim: q and k must share dim 3, got q {_shape(q)}, k {_shape(k)}")
-    device = q.device.type
-    if device == "cpu":
+    backend = _backend.of(q)
+    if backend == "cpu":
         for name, d in (("head_dim", q.shape[3]), ("head_dim of v", v.shape[3])):
             if d not in CPU_HEAD_DIMS:
                 raise ValueError(f"{name}: got {d}; the CPU backend supports head dims 1..256")
-    elif device == "cuda":
-        check_cuda_support(q.dtype, q.shape[3], v.shape[3])
+    elif _backend.is_cuda_like(backend):
+        check_cuda_support(q.dtype, q.shape[3], v.shape[3], backend)
     else:
         raise ValueError(f"device: got {q.device}; supported devices: cpu, cuda")
 
@@ -87,10 +89,10 @@ def check_qkv(q, k, v) -> None:
 CUDA_TENSOR_CORE_HEAD_DIMS = (32, 64, 96, 128, 256)
 
 
-def check_cuda_support(dtype, head_dim: int, head_dim_v: int) -> None:
+def check_cuda_support(dtype, head_dim: int, head_dim_v: int, backend: str = "cuda") -> None:
     """What the CUDA kernels serve (the C++ side checks the compute capability, >= 8.0)."""
     from . import _C
-    if not _C.cuda_kernels_built:
+    if backend == "cuda" and not _C.cuda_kernels_built:
         raise ValueError("device: got a CUDA tensor, but this longattn build has no CUDA kernels (it was built "
                          "without nvcc); supported devices: cpu")
     if dtype in (torch.float16, torch.bfloat16):
@@ -187,13 +189,13 @@ def check_qk_v(qk, v) -> None:
     if tuple(qk.shape[:3]) != tuple(v.shape[:3]):
         raise ValueError(f"qk, v: expected the same (batch, seq, heads), got qk {_shape(qk)}, v {_shape(v)} "
                          "(LSH attention shares one qk per head: no grouped-query heads)")
-    if qk.device.type == "cpu":
+    if _backend.of(qk) == "cpu":
         for name, d in (("head_dim", qk.shape[3]), ("head_dim of v", v.shape[3])):
             if d not in CPU_HEAD_DIMS:
                 raise ValueError(f"{name}: got {d}; the CPU backend supports head dims 1..256")
-    elif qk.device.type == "cuda":
-        raise ValueError("device: got a CUDA tensor, but lsh_attention has no CUDA kernels yet; "
-                         "supported devices: cpu")
+    elif _backend.is_cuda_like(_backend.of(qk)):
+        raise ValueError("device: got a CUDA tensor (or a CPU tensor inside longattn.testing.cuda_emulator()), but "
+                         "lsh_attention has no CUDA kernels yet; supported devices: cpu")
     else:
         raise ValueError(f"device: got {qk.device}; supported devices: cpu")
 
