@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every test of longattn, from a fresh clone on a fresh Debian machine:
-#   1. installs what is missing (GoogleTest from Debian, torch 2.13 CPU, the build/test tools and, as a test-only
-#      oracle, Hugging Face transformers from PyPI),
+#   1. installs what is missing (GoogleTest from Debian, torch 2.13 CPU, the build/test tools and, as test-only
+#      oracles, Hugging Face transformers and the CuTe headers of nvidia-cutlass from PyPI),
 #   2. builds the C++ core and its GoogleTest suite, runs it through ctest, then again under ASan + UBSan,
 #   3. installs the package (pip install .) and runs the pytest suite.
+# The CUDA kernels are tested in both: on a GPU when there is one, else on the CUDA emulator (docs/cuda_emulator.md).
 # Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ if [ ! -f /usr/include/gtest/gtest.h ] || ! command -v cmake >/dev/null || ! com
 fi
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
 "$PY" -m pip install -q "cmake>=3.24" ninja "scikit-build-core>=0.10" "pybind11>=3" pytest numpy \
-  "transformers==5.24.0"  # test-only: the real Hugging Face Longformer module is an oracle
+  "transformers==5.24.0" nvidia-cutlass  # test-only: Hugging Face modules and CuTe's layouts are oracles
 
 echo "== C++ tests (GoogleTest via ctest)"
 cmake -S . -B build/cpp-tests -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGATTN_BUILD_TESTS=ON -DLONGATTN_CUDA=OFF >/dev/null

@@ -25,3 +25,30 @@ def bshd(b, s, h, d, dtype=torch.float32, layout="bshd"):
     if layout == "bhsd":
         return torch.randn(b, h, s, d).to(dtype).transpose(1, 2)
     return torch.randn(b, s, h, d).to(dtype)
+
+
+def assert_nan_in_v_rule(device):
+    """The rule of docs/semantics.md, on either backend: a NaN/Inf in v at key j can reach rows of the query heads
+    reading that kv head only in a 64-row query tile that visits j's key tile (P·V multiplies a 0 weight by it, as
+    SDPA does); never another batch element, never a kv head it is not in, never a row 128 or more positions away
+    from every row that attends key j, and never a row that sees no key (exactly 0)."""
+    import longattn
+    S, j = 600, 300
+    q = torch.randn(2, S, 4, 64).half().to(device)
+    k, v = (torch.randn(2, S, 2, 64).half().to(device) for _ in range(2))  # kv head 0 serves query heads 0, 1
+    v[0, j, 0, 5] = float("nan")
+    v[0, j + 1, 0, 7] = float("inf")
+    for window in (None, (16, 16)):
+        out = (longattn.attention(q, k, v, causal=True) if window is None
+               else longattn.sliding_window_attention(q, k, v, window=window)).cpu()
+        lo, hi = (j, S - 1) if window is None else (j - window[1], j + 1 + window[0])  # the rows that see j or j + 1
+        assert not torch.isfinite(out[0, lo:hi + 1, :2]).all(dim=-1).any()  # they see it: IEEE says non-finite
+        assert torch.isfinite(out[1]).all() and torch.isfinite(out[0, :, 2:]).all()
+        assert torch.isfinite(out[0, :max(0, lo - 128), :2]).all()
+        assert torch.isfinite(out[0, hi + 129:, :2]).all()
+    # rows that see no key, in a tile that meets the Inf: exactly 0
+    q2 = torch.randn(1, 64, 1, 64).half().to(device)
+    k2, v2 = (torch.randn(1, 32, 1, 64).half().to(device) for _ in range(2))
+    v2[0, 0, 0, 0] = float("inf")
+    out = longattn.attention(q2, k2, v2, causal=True).cpu()  # Sq > Sk: the first 32 rows see nothing
+    assert (out[0, :32] == 0).all()

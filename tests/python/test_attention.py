@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import longattn
 from longattn import reference
 
-from helpers import assert_matches_oracle, bshd
+from helpers import assert_matches_oracle, assert_nan_in_v_rule, bshd
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -127,6 +127,10 @@ def test_nan_stays_in_its_row():
     ref, _ = reference.attention(q, k, v)
     assert torch.equal(torch.isnan(out), torch.isnan(ref))
     assert torch.isnan(out[1, :, 0]).any() and not torch.isnan(out[1, :, 1]).any()
+
+
+def test_nan_in_v_stays_within_query_tiles_that_meet_the_key(cpu_isa):
+    assert_nan_in_v_rule("cpu")
 
 
 def test_bitwise_identical_across_thread_counts(cpu_isa):

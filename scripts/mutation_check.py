@@ -1,0 +1,168 @@
+"""Mutation check of the CUDA test suite: inject realistic kernel/dispatch bugs one at a time into a copy of the tree,
+rebuild it for the CUDA emulator, run the emulated CUDA tests, and report which bugs the suite catches.
+
+    python scripts/mutation_check.py [--only NAME ...] [--keep DIR]
+
+Needs the C++ toolchain, GoogleTest and torch (as scripts/test.sh); no GPU and no CUDA toolkit (the copy is built with
+LONGATTN_CUDA=OFF: the emulator compiles the CUDA sources with the host compiler). Takes about a minute per mutant
+on a 2-core machine. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# (name, file, original text, mutated text): each a bug someone could write.
+MUTANTS = [
+    ("P fragment index", "csrc/cuda/flash_fwd.cuh",
+     "a[1] = Atom::pack(s[2 * kk][2], s[2 * kk][3]);", "a[1] = Atom::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);"),
+    ("K ldmatrix address", "csrc/cuda/flash_fwd.cuh",
+     "row = n * 8 + (mi / 2) * 8 + lane % 8, col = ks * 16 + (mi % 2) * 8;",
+     "row = n * 8 + (mi % 2) * 8 + lane % 8, col = ks * 16 + (mi / 2) * 8;"),
+    ("window bound off by one", "csrc/cuda/flash_fwd.cuh",
+     "return t >= lo(u) && t <= hi(u) && t < n_keys;", "return t >= lo(u) && t < hi(u) && t < n_keys;"),
+    ("missing __syncthreads before the next tile", "csrc/cuda/flash_fwd.cuh",
+     "    __syncthreads();  // sK and sV are overwritten by the next tile\n", "\n"),
+    ("missing __syncthreads after the K tile lands", "csrc/cuda/flash_fwd.cuh",
+     "    ptx::cp_async_wait_group<0>();\n    __syncthreads();\n    load_tile(sV,",
+     "    ptx::cp_async_wait_group<0>();\n    load_tile(sV,"),
+    ("missing cp.async wait before P.V", "csrc/cuda/flash_fwd.cuh",
+     "    ptx::cp_async_wait_group<0>();\n    __syncthreads();\n    // O (16, D) += P (16, 64)",
+     "    __syncthreads();\n    // O (16, D) += P (16, 64)"),
+    ("rows outside the tensor not zero-filled (reads row 0 of the head instead: in bounds, masked)",
+     "csrc/cuda/flash_fwd.cuh", "src, pos >= 0 ? 16 : 0);", "src, 16);"),
+    ("key rows past the end of the sequence are loaded", "csrc/cuda/flash_fwd.cuh",
+     "return t < t_end ? view.residue + t * view.dilation : -1;", "return view.residue + t * view.dilation;"),
+    ("online softmax: O not rescaled", "csrc/cuda/flash_fwd.cuh",
+     "      o[i][2] *= alpha[1];\n      o[i][3] *= alpha[1];\n", ""),
+    ("row max misses a quad partner", "csrc/cuda/flash_fwd.cuh",
+     "      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));\n", ""),
+    ("empty row: -inf - -inf", "csrc/cuda/flash_fwd.cuh",
+     "const float ref = mx == -INFINITY ? 0.0f : mx;", "const float ref = mx;"),
+    ("LSE without ln 2", "csrc/cuda/flash_fwd.cuh",
+     "l_row[rr] == 0.0f ? -INFINITY : 0.6931471805599453f * (m_row[rr] + log2f(l_row[rr]));",
+     "l_row[rr] == 0.0f ? -INFINITY : (m_row[rr] + log2f(l_row[rr]));"),
+    ("GQA head mapping", "csrc/cuda/flash_fwd.cuh",
+     "hk = h / p.kv_group;", "hk = h % p.heads_k;"),
+    ("residue class ignores the Sq/Sk offset", "csrc/cuda/flash_fwd.cuh",
+     "const int r = ((slot + offset) % d + d) % d;", "const int r = slot % d;"),
+    ("global key counted twice", "csrc/cuda/flash_fwd.cuh",
+     "visible = !(in_class && view.in_band(u, (pos - view.residue) / view.dilation));", "visible = true;"),
+    ("epilogue column index", "csrc/cuda/flash_fwd.cuh",
+     "Atom::store2(row + n * 8 + tig * 2,", "Atom::store2(row + n * 8 + tig,"),
+    ("grid too small (floor)", "csrc/cuda/cuda_backend.cu",
+     "unsigned((class_rows + kBlockM - 1) / kBlockM)", "unsigned(class_rows / kBlockM)"),
+    ("causal not folded into the window", "csrc/cuda/cuda_backend.cu",
+     "f.window_right = p.causal ? 0 :", "f.window_right = false ? 0 :"),
+    ("float32 kernel: warp sum from lane 8", "csrc/cuda/simt_fwd.cu",
+     "for (int o = 16; o > 0; o /= 2)", "for (int o = 8; o > 0; o /= 2)"),
+    ("global index: missing barrier after the warp counts", "csrc/cuda/simt_fwd.cu",
+     "    if (lane == 0) warp_total[warp] = __popc(ballot);\n    __syncthreads();\n",
+     "    if (lane == 0) warp_total[warp] = __popc(ballot);\n"),
+    ("unpadded shared rows (bank conflicts only: no behaviour change)", "csrc/cuda/flash_fwd.cuh",
+     "constexpr int smem_row() { return D + 8; }", "constexpr int smem_row() { return D; }"),
+]
+
+
+def run(cmd, cwd, env=None, timeout=1800):
+    t = time.time()
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout + p.stderr, time.time() - t
+
+
+def first_failure(output: str) -> str:
+    """The first failing test, and whether the emulator's memory checker or a wrong value failed it."""
+    test = "build or run failed"
+    for line in output.splitlines():
+        if line.startswith("[  FAILED  ]") or line.startswith("FAILED "):
+            test = line.replace("[  FAILED  ] ", "").replace("FAILED ", "").split(" - ")[0].split(" (")[0].strip()
+            break
+    at = output.find("CUDA emulator: ")
+    if at >= 0:
+        what = output[at + len("CUDA emulator: "):].split("[kernel")[0].split("\n")[0].strip()
+        return f"{test} — memory checker: {what[:110]}"
+    return f"{test} — wrong values"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", help="names of mutants to run (substring match)")
+    ap.add_argument("--keep", help="work in this directory and keep it")
+    args = ap.parse_args()
+    work = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="longattn-mutants-"))
+    tree, build = work / "tree", work / "build"
+    if tree.exists():
+        shutil.rmtree(tree)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        (tree / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, tree / f)
+    pybind = subprocess.run([sys.executable, "-m", "pybind11", "--cmakedir"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    rc, out, _ = run(["cmake", "-S", str(tree), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+                      "-DLONGATTN_CUDA=OFF", "-DLONGATTN_BUILD_TESTS=ON", "-DLONGATTN_BUILD_PYTHON=ON",
+                      f"-Dpybind11_DIR={pybind}", f"-DPython_EXECUTABLE={sys.executable}"], cwd=work)
+    if rc:
+        print(out)
+        return 1
+    # Python runs the copy: no site hooks (an editable install would redirect `import longattn`), site-packages on
+    # the path after the copy's package.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "python"), sysconfig.get_paths()["purelib"]]))
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+
+    def build_and_test():
+        rc, out, _ = run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)], cwd=work)
+        if rc:
+            return "build failed", out
+        shutil.copy2(build / f"_C{suffix}", tree / "python" / "longattn" / f"_C{suffix}")
+        rc, out, _ = run([str(build / "longattn_tests"), "--gtest_filter=Emulat*", "--gtest_brief=1"], cwd=build)
+        if rc:
+            return "C++: " + first_failure(out), out
+        rc, out, _ = run([sys.executable, "-S", "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                          str(tree / "tests/python/test_cuda.py"), str(tree / "tests/python/test_emulator_layouts.py")],
+                         cwd=tree, env=env)
+        if rc:
+            return "pytest: " + first_failure(out).replace(str(tree) + "/", ""), out
+        return None, out
+
+    print("baseline (no mutant) ...", flush=True)
+    failure, out = build_and_test()
+    if failure:
+        print(f"the unmutated tree fails: {failure}\n{out[-3000:]}")
+        return 1
+    rows = []
+    for name, path, old, new in MUTANTS:
+        if args.only and not any(o in name for o in args.only):
+            continue
+        src = tree / path
+        text = src.read_text()
+        if text.count(old) != 1:
+            rows.append((name, path, "NOT APPLIED (pattern not found once)", ""))
+            continue
+        src.write_text(text.replace(old, new))
+        t = time.time()
+        failure, _ = build_and_test()
+        src.write_text(text)
+        rows.append((name, path, "caught" if failure else "missed", failure or "", ))
+        print(f"{name}: {rows[-1][2]} {failure or ''} ({time.time() - t:.0f} s)", flush=True)
+    print("\n| mutant | file | result | first failing test |\n| --- | --- | --- | --- |")
+    for name, path, result, how in rows:
+        print(f"| {name} | `{path}` | {result} | {how} |")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
