@@ -20,7 +20,8 @@ const char* version() { return LONGATTN_VERSION; }
 Status attention_forward(const AttentionParams& p) {
   Status st = check_params(p);
   if (!st.ok()) return st;
-  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return Status::Ok();  // nothing to write
+  const bool appends = p.cache_seqlens && p.k_new && p.seqlen_new > 0 && p.batch > 0;  // writes the cache anyway
+  if ((p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) && !appends) return Status::Ok();  // nothing to write
   switch (p.device) {
     case Device::kCpu: return cpu::attention_forward(p);
     case Device::kCuda:

@@ -14,21 +14,27 @@
 
 namespace longattn {
 
+//
+// Grouped-query packing: with `group` G > 1 the query index u counts (query, head) pairs of the G query heads that
+// share one key/value head, query-major (u = G·i + g), so the G heads meet each key tile together; every rule
+// below then applies to the query i = u / G.
 struct SlidingWindowPolicy {
   int64_t seqlen_k = 0;
   int64_t offset = 0;  // key position of query 0
   int64_t left = -1;   // -1 = unbounded
   int64_t right = -1;
+  int64_t group = 1;   // query heads packed per query (u = group·i + g)
 
-  SlidingWindowPolicy(int64_t seqlen_k_, int64_t offset_, bool causal, int64_t window_left, int64_t window_right)
-      : seqlen_k(seqlen_k_), offset(offset_), left(window_left), right(window_right) {
+  SlidingWindowPolicy(int64_t seqlen_k_, int64_t offset_, bool causal, int64_t window_left, int64_t window_right,
+                      int64_t group_ = 1)
+      : seqlen_k(seqlen_k_), offset(offset_), left(window_left), right(window_right), group(group_) {
     if (causal) right = 0;  // callers reject causal with right > 0; right = -1 with causal is right = 0
   }
 
-  // First and last visible key of query i, clamped to the sequence (may give lo > hi: no key).
-  int64_t lo(int64_t i) const { return left < 0 ? 0 : std::max<int64_t>(0, i + offset - left); }
-  int64_t hi(int64_t i) const {
-    return right < 0 ? seqlen_k - 1 : std::min<int64_t>(seqlen_k - 1, i + offset + right);
+  // First and last visible key of query u, clamped to the sequence (may give lo > hi: no key).
+  int64_t lo(int64_t u) const { return left < 0 ? 0 : std::max<int64_t>(0, u / group + offset - left); }
+  int64_t hi(int64_t u) const {
+    return right < 0 ? seqlen_k - 1 : std::min<int64_t>(seqlen_k - 1, u / group + offset + right);
   }
 
   // Keys [*k_begin, *k_end) that queries [q_begin, q_end) touch; both bounds grow with i, so the first query
@@ -47,8 +53,8 @@ struct SlidingWindowPolicy {
   // inverse of lo/hi.
   void visible_queries(int64_t j, int64_t* q_first, int64_t* q_last) const {
     // j <= i + offset + right  <=>  i >= j - offset - right ;  j >= i + offset - left  <=>  i <= j - offset + left
-    *q_first = right < 0 ? INT64_MIN / 4 : j - offset - right;
-    *q_last = left < 0 ? INT64_MAX / 4 : j - offset + left;
+    *q_first = right < 0 ? INT64_MIN / 4 : (j - offset - right) * group;
+    *q_last = left < 0 ? INT64_MAX / 4 : (j - offset + left) * group + group - 1;
   }
 };
 

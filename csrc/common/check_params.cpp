@@ -2,6 +2,7 @@
 // Python layer passes them through verbatim for anything it did not already reject.
 #include <cmath>
 #include <sstream>
+#include <tuple>
 
 #include "longattn/longattn.h"
 
@@ -52,6 +53,69 @@ Status check_params(const AttentionParams& p) {
   if (p.global_tokens && p.seqlen_q != p.seqlen_k)
     return Status::Invalid(cat("global_tokens: given with seqlen_q=", p.seqlen_q, " != seqlen_k=", p.seqlen_k,
                                "; global tokens are defined for self-attention only (seqlen_q == seqlen_k)"));
+  if (!(p.softcap >= 0.0f) || p.softcap == INFINITY)
+    return Status::Invalid(cat("softcap: got ", p.softcap, ", expected a finite number >= 0 (0 = off)"));
+  const bool varlen = p.cu_seqlens_q || p.cu_seqlens_k, kvcache = p.cache_seqlens != nullptr;
+  if (varlen && !(p.cu_seqlens_q && p.cu_seqlens_k))
+    return Status::Invalid("cu_seqlens_q, cu_seqlens_k: give both (variable-length batch) or neither");
+  if (varlen && kvcache)
+    return Status::Invalid("cu_seqlens, cache_seqlens: a variable-length batch and a KV cache cannot be combined");
+  if ((varlen || kvcache) && (p.dilation || p.global_tokens || p.key_padding_mask))
+    return Status::Invalid(std::string(varlen ? "cu_seqlens" : "cache_seqlens") +
+                           ": dilation, global tokens and key_padding_mask apply to the dense layout only");
+  if (p.num_splits < 0 || p.num_splits > 64)
+    return Status::Invalid(cat("num_splits: got ", p.num_splits, ", expected 0 (chosen by the library) to 64"));
+  if (!kvcache && (p.block_table || p.k_new || p.v_new || p.seqlen_new || p.num_splits > 1))
+    return Status::Invalid("block_table, k_new, v_new, num_splits: only with a KV cache (cache_seqlens)");
+  if (kvcache) {
+    if (p.seqlen_new < 0) return Status::Invalid(cat("seqlen_new: got ", p.seqlen_new, ", expected >= 0"));
+    if ((p.k_new == nullptr) != (p.v_new == nullptr) || (p.seqlen_new > 0 && p.batch > 0 && !p.k_new))
+      return Status::Invalid("k_new, v_new: give both (with seqlen_new rows) or neither");
+    if (p.block_table) {
+      if (p.page_size < 1 || p.max_blocks < 1 || p.num_blocks < 1 || p.block_table_stride < p.max_blocks)
+        return Status::Invalid(cat("block_table: page_size ", p.page_size, ", max_blocks ", p.max_blocks,
+                                   ", num_blocks ", p.num_blocks, ", row stride ", p.block_table_stride,
+                                   "; expected each >= 1 and the stride >= max_blocks"));
+      if (p.seqlen_k != p.max_blocks * p.page_size)
+        return Status::Invalid(cat("seqlen_k: got ", p.seqlen_k, "; a paged cache's capacity is max_blocks * ",
+                                   "page_size = ", p.max_blocks * p.page_size));
+    }
+  }
+  // Values inside index tensors: checked when they are host memory (SPEC: CUDA kernels bound every access instead).
+  if (p.device == Device::kCpu && varlen) {
+    for (const auto& [name, cu, total, hint] : {std::tuple{"cu_seqlens_q", p.cu_seqlens_q, p.total_q, p.seqlen_q},
+                                                std::tuple{"cu_seqlens_k", p.cu_seqlens_k, p.total_k, p.seqlen_k}}) {
+      if (cu[0] != 0) return Status::Invalid(cat(name, ": starts at ", cu[0], ", expected 0"));
+      for (int64_t b = 0; b < p.batch; ++b) {
+        const int64_t n = int64_t(cu[b + 1]) - cu[b];
+        if (n < 0)
+          return Status::Invalid(cat(name, ": decreases at index ", b + 1, " (", cu[b], " then ", cu[b + 1],
+                                     "); expected non-decreasing offsets"));
+        if (n > hint)
+          return Status::Invalid(cat(name, ": sequence ", b, " has ", n, " rows, more than the max_seqlen hint ",
+                                     hint, "; pass a hint >= the longest sequence (or None to compute it)"));
+      }
+      if (cu[p.batch] != total)
+        return Status::Invalid(cat(name, ": ends at ", cu[p.batch], ", expected the total row count ", total));
+    }
+  }
+  if (p.device == Device::kCpu && kvcache) {
+    for (int64_t b = 0; b < p.batch; ++b) {
+      const int64_t n = p.cache_seqlens[b], end = n + p.seqlen_new;
+      if (n < 0) return Status::Invalid(cat("cache_seqlens: got ", n, " for sequence ", b, ", expected >= 0"));
+      if (end > p.seqlen_k)
+        return Status::Invalid(cat("cache_seqlens: sequence ", b, " holds ", n, " tokens; with ", p.seqlen_new,
+                                   " new ones it would need ", end, " rows, more than the cache's capacity ",
+                                   p.seqlen_k, " (nothing was written)"));
+      for (int64_t blk = 0; p.block_table && blk * p.page_size < end; ++blk) {
+        const int64_t id = p.block_table[b * p.block_table_stride + blk];
+        if (id < 0 || id >= p.num_blocks)
+          return Status::Invalid(cat("block_table: entry [", b, ", ", blk, "] is ", id, ", expected a block index in 0..",
+                                     p.num_blocks - 1, " (sequence ", b, " uses its first ",
+                                     (end + p.page_size - 1) / p.page_size, " entries)"));
+      }
+    }
+  }
   const bool empty = p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0;
   if (empty) return Status::Ok();
   if (!p.out) return Status::Invalid("out: got a null pointer, expected the output buffer");

@@ -1,7 +1,9 @@
 // Chooses the CPU kernel variant (scalar / AVX2 / AVX-512) at run time and runs the work items on the pool.
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "cpu_backend.h"
 #include "kernels.h"
@@ -63,12 +65,52 @@ const CpuKernelTable& kernels_for(CpuIsa isa) {
 
 const CpuKernelTable& active_kernels() { return kernels_for(active_cpu_isa()); }
 
+namespace {
+
+// KV cache: k_new / v_new rows go to positions cache_seqlens[b] .. + seqlen_new - 1 (checked to fit), heads intact.
+void append_to_cache(const AttentionParams& p) {
+  const int64_t elem = p.dtype == DType::kFloat32 ? 4 : 2;
+  const auto copy = [&](const void* src, const BshdStrides& s_st, void* cache, const BshdStrides& c_st, int64_t dim) {
+    for (int64_t b = 0; b < p.batch; ++b)
+      for (int64_t t = 0; t < p.seqlen_new; ++t) {
+        const int64_t pos = int64_t(p.cache_seqlens[b]) + t;
+        const int64_t row = p.block_table ? int64_t(p.block_table[b * p.block_table_stride + pos / p.page_size]) *
+                                                    c_st.batch + (pos % p.page_size) * c_st.seq
+                                          : b * c_st.batch + pos * c_st.seq;
+        for (int64_t h = 0; h < p.heads_k; ++h)
+          std::memcpy(static_cast<char*>(cache) + (row + h * c_st.head) * elem,
+                      static_cast<const char*>(src) + (b * s_st.batch + t * s_st.seq + h * s_st.head) * elem,
+                      size_t(dim * elem));
+      }
+  };
+  copy(p.k_new, p.k_new_stride, const_cast<void*>(p.k), p.k_stride, p.head_dim);
+  copy(p.v_new, p.v_new_stride, const_cast<void*>(p.v), p.v_stride, p.head_dim_v);
+}
+
+}  // namespace
+
 Status attention_forward(const AttentionParams& p) {
   const CpuKernelTable& k = active_kernels();
-  const CallPlan plan(p, k.queries_per_group, ThreadPool::instance().num_threads());
-  ThreadPool::instance().parallel_for(int64_t(plan.items.size()), k.workspace_floats(p), [&](int64_t item, float* ws) {
+  ThreadPool& pool = ThreadPool::instance();
+  if (p.cache_seqlens && p.k_new && p.seqlen_new > 0) append_to_cache(p);
+  if (p.batch == 0 || p.seqlen_q == 0) return Status::Ok();
+  CallPlan plan(p, k.queries_per_group, pool.num_threads(), k.decode_columns);
+  std::vector<float> partial;
+  if (plan.splits > 1) {  // normalised partial outputs and lses of every split, merged below
+    const int64_t rows = int64_t(plan.splits) * p.batch * p.heads_q * p.seqlen_q;
+    partial.resize(size_t(rows * (p.head_dim_v + 1)));
+    plan.partial_o = partial.data();
+    plan.partial_lse = partial.data() + rows * p.head_dim_v;
+  }
+  pool.parallel_for(int64_t(plan.items.size()), k.workspace_floats(p), [&](int64_t item, float* ws) {
     k.run_work_item(plan, plan.items[item], ws);
   });
+  if (plan.splits > 1) {
+    const int64_t rows = p.batch * p.heads_q * p.seqlen_q, per_item = 64;
+    pool.parallel_for((rows + per_item - 1) / per_item, 0, [&](int64_t item, float*) {
+      k.merge_splits(plan, item * per_item, std::min(rows, (item + 1) * per_item));
+    });
+  }
   return Status::Ok();
 }
 

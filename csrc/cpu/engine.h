@@ -20,6 +20,7 @@
 
 #include "band_policy.h"
 #include "longattn/longattn.h"
+#include "lse_merge.h"
 #include "simd.h"
 #include "work_plan.h"
 
@@ -312,10 +313,12 @@ struct ColumnRanges {
 // One query tile (nq queries) meets nk keys of a packed K/V tile (kt, vt already offset to the first of them).
 // mask_scores(st, nq_pad) sets the scores of hidden (key, query) pairs to -inf, or does nothing when the whole
 // block is visible (the unmasked fast path). ranges: null, or the visible interval of each column (band edges).
+// softcap2 > 0: the scores are softcap2 · tanh(K · Qᵀ) (Gemma 2's soft-capping, in log2 units; Q was packed with
+// scale / softcap), applied before the mask.
 template <class MaskFn>
 inline void attend_key_block(int64_t nq, int64_t nk, int64_t D, int64_t dv_pad, const float* kt, const float* vt,
                              const float* qt, float* st, float* o, float* m, float* l, float* alpha,
-                             MaskFn mask_scores, const ColumnRanges* ranges) {
+                             MaskFn mask_scores, const ColumnRanges* ranges, float softcap2 = 0.0f) {
   const int64_t nq_pad = round_up(nq, kNR);
   // Key rows [j, j + rows) meet query panel c0 unless every column of the panel sees none of them.
   const auto rows_meet_panel = [&](int64_t j, int64_t rows, int64_t c0) {
@@ -331,6 +334,15 @@ inline void attend_key_block(int64_t nq, int64_t nk, int64_t D, int64_t dv_pad, 
   if (j < nk)
     for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
       if (rows_meet_panel(j, nk - j, c0)) with_rows<QkRows>(int(nk - j), kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
+
+  if (softcap2 > 0.0f) {
+    const typename Vec::Reg cap = Vec::set1(softcap2);
+    for (int64_t jj = 0; jj < nk; ++jj)
+      for (int64_t c = 0; c < nq_pad; c += Vec::kWidth) {
+        float* x = st + jj * kBlockQ + c;
+        Vec::store(x, Vec::mul(cap, Vec::tanh(Vec::load(x))));
+      }
+  }
 
   mask_scores(st, nq_pad);
 
@@ -378,44 +390,93 @@ inline void mask_band(const SlidingWindowPolicy& band, int64_t u0, int64_t nq_pa
 
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
+// Key rows of one (sequence, key/value head): strided, or gathered through a paged KV cache's block table.
+template <class S>
+struct KeyRows {
+  const S* base;          // row 0 (paged: the head's offset inside a block)
+  int64_t seq_stride;     // between rows (paged: between the rows of one block)
+  const int32_t* blocks;  // paged: the sequence's row of the block table, else null
+  int64_t page, block_stride;
+  const S* row(int64_t j) const {
+    return blocks ? base + int64_t(blocks[j / page]) * block_stride + (j % page) * seq_stride : base + j * seq_stride;
+  }
+};
+
+// Writes one finished query row: out = O / l, lse = ln(2) · (m + log2 l); with a sink the row's denominator gains
+// e^sink (lse_merge_weights); a row with no visible key is exactly 0 with lse = -inf (or its sink). With key splits
+// the normalised partial (o, lse) goes to the plan's scratch instead, for merge_split_partials.
+template <DType T>
+inline void finish_row(const AttentionParams& p, const float* o, float m, float l, const float* sink,
+                       typename Elem<T>::Storage* out_row, float* lse_at, float* partial_o, float* partial_lse) {
+  const int64_t Dv = p.head_dim_v;
+  const float lse_part = l == 0.0f ? -INFINITY : kLn2 * (m + std::log2(l));
+  if (partial_o) {
+    if (l == 0.0f) std::fill(partial_o, partial_o + Dv, 0.0f);
+    else for (int64_t e = 0; e < Dv; ++e) partial_o[e] = o[e] / l;
+    *partial_lse = lse_part;
+    return;
+  }
+  float weight = l == 0.0f ? 0.0f : 1.0f, lse = lse_part;
+  if (sink) lse = lse_merge_weights(&lse_part, 1, true, *sink, [&](int, float w) { weight = w; });
+  if (weight == 0.0f) {  // nothing visible (or drowned by the sink): exactly 0, whatever the tiles put into O
+    for (int64_t e = 0; e < Dv; ++e) out_row[e] = Elem<T>::from_f32(0.0f);
+  } else {
+    store_row<T>(o, Dv, weight / l, out_row);
+  }
+  if (lse_at) *lse_at = lse;
+}
+
 // Runs one WorkItem of the CallPlan (work_plan.h): the view queries [item.first, item.end), a group of
-// kQueriesPerGroup at a time. The view is either a residue class of the head's dilation (strided query and key
-// rows, an undilated band over them, then the batch's global keys) or the head's global query rows (gathered by
-// position, every key visible).
+// kQueriesPerGroup at a time. The view is a residue class of the head's dilation (strided query and key rows, an
+// undilated band over them, then the batch's global keys), the head's global query rows (gathered by position,
+// every key visible), or — grouped-query packing — the G query heads of one key/value head side by side.
 template <DType T>
 void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) {
   using S = typename Elem<T>::Storage;
   const AttentionParams& p = plan.p;
   const WorkspaceLayout lay(p);
-  const int64_t b = item.batch, h = item.head, hk = h / (p.heads_q / p.heads_k);
+  const int64_t b = item.batch, G = plan.group;
+  const int64_t hk = G > 1 ? item.head : item.head / (p.heads_q / p.heads_k);
+  const int64_t h_first = G > 1 ? hk * G : item.head;  // the query head of view column u % G == 0
   const int64_t D = p.head_dim, Dv = p.head_dim_v, dv_pad = round_up(Dv, kNR);
   const bool global_rows = item.residue == kGlobalRows;
+  const SequenceRows seq = plan.sequence(b);
+  const bool packed = p.cu_seqlens_q != nullptr;  // variable-length batch: rows of all sequences, one after another
 
-  const S* q_head = static_cast<const S*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head;
-  const S* k_head = static_cast<const S*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
-  const S* v_head = static_cast<const S*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
-  S* out_head = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
-  float* lse_head = p.lse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride : nullptr;
+  // Row addresses: query i of head h is q_seq + h·q.head + i·q.seq, and the same for out and lse.
+  const S* q_seq = static_cast<const S*>(p.q) + (packed ? seq.q_first * p.q_stride.seq : b * p.q_stride.batch);
+  S* out_seq = static_cast<S*>(p.out) + (packed ? seq.q_first * p.out_stride.seq : b * p.out_stride.batch);
+  float* lse_seq = p.lse ? p.lse + (packed ? seq.q_first : b * p.lse_batch_stride) : nullptr;
+  const bool paged = p.block_table != nullptr;
+  const auto key_rows = [&](const void* base, const BshdStrides& st) {
+    const S* t = static_cast<const S*>(base) + hk * st.head;
+    if (paged) return KeyRows<S>{t, st.seq, p.block_table + b * p.block_table_stride, p.page_size, st.batch};
+    return KeyRows<S>{t + (packed ? seq.k_first * st.seq : b * st.batch), st.seq, nullptr, 0, 0};
+  };
+  const KeyRows<S> k_rows = key_rows(p.k, p.k_stride), v_rows = key_rows(p.v, p.v_stride);
 
-  // The view: view query u is query query_pos(u); view key t is key r + t·d.
+  // The view: view query u is query query_pos(u) of head query_head(u); view key t is key r + t·d.
   int64_t n_global = 0;
   const int64_t* global_pos = plan.has_global() ? plan.globals_of(b, &n_global) : nullptr;
-  const int64_t d = global_rows ? 1 : plan.dilation(h), r = global_rows ? 0 : item.residue;
-  const ResidueClass rc(p.seqlen_q, p.seqlen_k, d, r);
+  const int64_t d = global_rows ? 1 : (G > 1 ? 1 : plan.dilation(item.head)), r = global_rows ? 0 : item.residue;
+  const ResidueClass rc(seq.n_q, seq.n_k, d, r);
   const SlidingWindowPolicy band =
-      global_rows ? SlidingWindowPolicy(p.seqlen_k, 0, false, -1, -1)
-                  : SlidingWindowPolicy(rc.num_keys, rc.first_key_pos, p.causal, p.window_left, p.window_right);
-  const auto query_pos = [&](int64_t u) { return global_rows ? global_pos[u] : rc.first_query + u * d; };
-  const int64_t k_ld = d * p.k_stride.seq, v_ld = d * p.v_stride.seq;
-  const S* k_view = k_head + r * p.k_stride.seq;
-  const S* v_view = v_head + r * p.v_stride.seq;
+      global_rows ? SlidingWindowPolicy(seq.n_k, 0, false, -1, -1)
+                  : SlidingWindowPolicy(rc.num_keys, rc.first_key_pos, p.causal, p.window_left, p.window_right, G);
+  const auto query_pos = [&](int64_t u) { return global_rows ? global_pos[u] : rc.first_query + (u / G) * d; };
+  const auto query_head = [&](int64_t u) { return h_first + u % G; };
+  const auto key_pos = [&](int64_t t) { return r + t * d; };
+  const auto q_row = [&](int64_t u) { return q_seq + query_head(u) * p.q_stride.head + query_pos(u) * p.q_stride.seq; };
 
   // Key tiles sit on one grid for the whole item, tile m = view keys [origin + m·kBlockK, ... + kBlockK) clipped to
-  // the view, so a tile packed for one group is the same tile for the next. The origin lines the grid up with the
-  // band's left edge (a whole number of tiles before each query tile) when the band has one.
-  const int64_t n_keys = band.seqlen_k;
-  const int64_t origin = band.left < 0 ? 0 : ((item.first + band.offset - band.left) % kBlockK + kBlockK) % kBlockK;
-  const auto tile_begin = [&](int64_t m) { return std::max<int64_t>(0, origin + m * kBlockK); };
+  // the view (and to the item's key split), so a tile packed for one group is the same tile for the next. The
+  // origin lines the grid up with the band's left edge (a whole number of tiles before each query tile) when the
+  // band has one, and with the split's start for a split.
+  const int64_t n_keys = std::min(band.seqlen_k, item.key_hi);
+  const int64_t origin = plan.splits > 1   ? item.key_lo
+                         : band.left < 0 ? 0
+                                         : ((item.first / G + band.offset - band.left) % kBlockK + kBlockK) % kBlockK;
+  const auto tile_begin = [&](int64_t m) { return std::max<int64_t>(item.key_lo, origin + m * kBlockK); };
   const auto tile_end = [&](int64_t m) { return std::min<int64_t>(n_keys, origin + (m + 1) * kBlockK); };
   const int n_slots = lay.cached_tiles;
   int64_t slot_tile[kMaxCachedTiles];  // which tile each cache slot holds
@@ -424,9 +485,12 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
 
   float* st = ws + lay.st;
   float* alpha = ws + lay.alpha;
-  const float qscale = p.scale * kLog2e;  // scores in log2 units
+  // Scores in log2 units; with softcap, Q · Kᵀ gives s / softcap and the engine applies softcap·log2(e)·tanh.
+  const float softcap2 = p.softcap > 0.0f ? p.softcap * kLog2e : 0.0f;
+  const float qscale = p.softcap > 0.0f ? p.scale / p.softcap : p.scale * kLog2e;
   static_assert(int64_t(kBlockK) * kBlockQ >= Vec::kWidth * 256, "the score tile stages kWidth query rows");
   int64_t view_key[kBlockK];
+  bool real[kBlockK];  // key padding: which keys of the tile are real
 
   for (int64_t g0 = item.first; g0 < item.end; g0 += kQueriesPerGroup) {
     const int n_sub = int(std::min<int64_t>(kSubTiles, (item.end - g0 + kBlockQ - 1) / kBlockQ));
@@ -435,9 +499,11 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
       u0[t] = g0 + int64_t(t) * kBlockQ;
       nq[t] = std::min<int64_t>(kBlockQ, item.end - u0[t]);
       band.key_range(u0[t], u0[t] + nq[t], &kb[t], &ke[t]);
+      kb[t] = std::max(kb[t], item.key_lo);
+      ke[t] = std::max(kb[t], std::min(ke[t], n_keys));
       const int64_t first = u0[t];
-      pack_query_tile<T>([&](int64_t c) { return q_head + query_pos(first + c) * p.q_stride.seq; }, nq[t],
-                         round_up(nq[t], kNR), D, qscale, st, ws + lay.qt + t * lay.qt_size);
+      pack_query_tile<T>([&](int64_t c) { return q_row(first + c); }, nq[t], round_up(nq[t], kNR), D, qscale, st,
+                         ws + lay.qt + t * lay.qt_size);
       std::fill(ws + lay.m + t * kBlockQ, ws + lay.m + (t + 1) * kBlockQ, -INFINITY);
       std::fill(ws + lay.l + t * kBlockQ, ws + lay.l + (t + 1) * kBlockQ, 0.0f);
       std::fill(ws + lay.o + t * lay.o_size, ws + lay.o + (t + 1) * lay.o_size, 0.0f);
@@ -446,7 +512,7 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
                             const ColumnRanges* ranges) {
       attend_key_block(nq[t], nk, D, dv_pad, kt_at, vt_at, ws + lay.qt + t * lay.qt_size, st,
                        ws + lay.o + t * lay.o_size, ws + lay.m + t * kBlockQ, ws + lay.l + t * kBlockQ, alpha,
-                       mask_scores, ranges);
+                       mask_scores, ranges, softcap2);
     };
     ColumnRanges ranges;
 
@@ -465,7 +531,7 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
       int64_t next_begin, next_end;
       band.key_range(g1, std::min(item.end, g1 + kQueriesPerGroup), &next_begin, &next_end);
       ahead_k0 = std::max(k_end, next_begin);
-      ahead_k1 = std::max(ahead_k0, next_end);
+      ahead_k1 = std::max(ahead_k0, std::min(next_end, n_keys));
       ahead_q = std::min(item.end, g1 + kQueriesPerGroup) - g1;
     }
     const bool first_group = g0 == item.first;
@@ -477,10 +543,10 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
       ++step;
       for (int64_t x = from; x < to; ++x) {
         if (x < n_k) {
-          prefetch_row(k_view + (ahead_k0 + x) * k_ld, D * int64_t(sizeof(S)));
-          prefetch_row(v_view + (ahead_k0 + x) * v_ld, Dv * int64_t(sizeof(S)));
+          prefetch_row(k_rows.row(key_pos(ahead_k0 + x)), D * int64_t(sizeof(S)));
+          prefetch_row(v_rows.row(key_pos(ahead_k0 + x)), Dv * int64_t(sizeof(S)));
         } else {
-          prefetch_row(q_head + query_pos(g1 + x - n_k) * p.q_stride.seq, D * int64_t(sizeof(S)));
+          prefetch_row(q_row(g1 + x - n_k), D * int64_t(sizeof(S)));
         }
       }
     };
@@ -489,8 +555,8 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
       float* kt = ws + lay.kcache + slot_of(m) * lay.k_tile;
       float* vt = ws + lay.vcache + slot_of(m) * lay.v_tile;
       if (slot_tile[slot_of(m)] != m) {
-        pack_kv_tile<T>([&](int64_t j) { return k_view + (j0 + j) * k_ld; },
-                        [&](int64_t j) { return v_view + (j0 + j) * v_ld; }, nk, D, Dv, dv_pad, kt, vt);
+        pack_kv_tile<T>([&](int64_t j) { return k_rows.row(key_pos(j0 + j)); },
+                        [&](int64_t j) { return v_rows.row(key_pos(j0 + j)); }, nk, D, Dv, dv_pad, kt, vt);
         slot_tile[slot_of(m)] = m;
       }
       const bool next_cached = slot_tile[slot_of(m + 1)] == m + 1;
@@ -499,65 +565,104 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
       const int64_t nk_next = !tile_ahead || next_cached || m == m_last ? 0 : tile_end(m + 1) - next0;
       for (int t = 0; t < n_sub; ++t) {
         for (int64_t j = nk_next * t / n_sub; j < nk_next * (t + 1) / n_sub; ++j) {
-          prefetch_row(k_view + (next0 + j) * k_ld, D * int64_t(sizeof(S)));
-          prefetch_row(v_view + (next0 + j) * v_ld, Dv * int64_t(sizeof(S)));
+          prefetch_row(k_rows.row(key_pos(next0 + j)), D * int64_t(sizeof(S)));
+          prefetch_row(v_rows.row(key_pos(next0 + j)), Dv * int64_t(sizeof(S)));
         }
         prefetch_next_group_slice();
         const int64_t lo = std::max(j0, kb[t]), hi = std::min(j0 + nk, ke[t]);
         if (lo >= hi) continue;
-        const bool full = band.block_fully_visible(u0[t], u0[t] + nq[t], lo, hi);
-        if (!full)
+        // Key padding: a tile of padding only is skipped; one with some padding is masked row by row.
+        int64_t n_real = hi - lo;
+        if (p.key_padding_mask) {
+          n_real = 0;
+          for (int64_t jj = 0; jj < hi - lo; ++jj) n_real += (real[jj] = plan.key_is_real(b, key_pos(lo + jj)));
+          if (n_real == 0) continue;
+        }
+        const bool band_full = band.block_fully_visible(u0[t], u0[t] + nq[t], lo, hi);
+        const bool full = band_full && n_real == hi - lo;
+        if (!band_full)
           for (int64_t c = 0; c < nq[t]; ++c) {
             ranges.lo[c] = int32_t(std::clamp<int64_t>(band.lo(u0[t] + c) - lo, 0, hi - lo));
             ranges.hi[c] = int32_t(std::clamp<int64_t>(band.hi(u0[t] + c) + 1 - lo, ranges.lo[c], hi - lo));
           }
         attend(t, hi - lo, kt + (lo - j0) * D, vt + (lo - j0) * dv_pad, [&](float* s, int64_t nq_pad) {
           if (full) return;
-          for (int64_t jj = 0; jj < hi - lo; ++jj) view_key[jj] = lo + jj;
-          mask_band(band, u0[t], nq_pad, view_key, hi - lo, /*inside=*/true, s);
-        }, full ? nullptr : &ranges);
+          if (!band_full) {
+            for (int64_t jj = 0; jj < hi - lo; ++jj) view_key[jj] = lo + jj;
+            mask_band(band, u0[t], nq_pad, view_key, hi - lo, /*inside=*/true, s);
+          }
+          if (n_real < hi - lo)
+            for (int64_t jj = 0; jj < hi - lo; ++jj)
+              if (!real[jj]) std::fill(s + jj * kBlockQ, s + jj * kBlockQ + nq_pad, -INFINITY);
+        }, band_full ? nullptr : &ranges);
       }
     }
 
     // Global keys (Longformer): every query of a residue class also attends each global key, except one its
-    // window already counted. Global query rows saw every key in the band above.
+    // window already counted (or a padding key). Global query rows saw every key in the band above.
     if (!global_rows && n_global > 0) {
       float* kt = ws + lay.kglobal;
       float* vt = ws + lay.vglobal;
       for (int64_t j0 = 0; j0 < n_global; j0 += kBlockK) {
         const int64_t nk = std::min<int64_t>(kBlockK, n_global - j0);
-        pack_kv_tile<T>([&](int64_t j) { return k_head + global_pos[j0 + j] * p.k_stride.seq; },
-                        [&](int64_t j) { return v_head + global_pos[j0 + j] * p.v_stride.seq; }, nk, D, Dv,
-                        dv_pad, kt, vt);
+        pack_kv_tile<T>([&](int64_t j) { return k_rows.row(global_pos[j0 + j]); },
+                        [&](int64_t j) { return v_rows.row(global_pos[j0 + j]); }, nk, D, Dv, dv_pad, kt, vt);
         for (int64_t j = 0; j < nk; ++j) {  // the key's view index in this residue class, or -1
           const int64_t pos = global_pos[j0 + j];
           view_key[j] = pos % d == r ? (pos - r) / d : -1;
+          real[j] = plan.key_is_real(b, pos);
         }
         for (int t = 0; t < n_sub; ++t)
           attend(t, nk, kt, vt, [&](float* s, int64_t nq_pad) {
             mask_band(band, u0[t], nq_pad, view_key, nk, /*inside=*/false, s);
+            for (int64_t jj = 0; jj < nk; ++jj)
+              if (!real[jj]) std::fill(s + jj * kBlockQ, s + jj * kBlockQ + nq_pad, -INFINITY);
           }, nullptr);
       }
     }
 
-    // out = O / l (a query with no visible key has l = 0 and gets 0); lse = ln(2) * (m + log2(l)).
-    // A global query's row is written by its kGlobalRows item, not by its residue class.
+    // The rows: out = O / l (a query with no visible key gets 0); a global query's row is written by its
+    // kGlobalRows item, not by its residue class.
     for (int t = 0; t < n_sub; ++t) {
       const float* o = ws + lay.o + t * lay.o_size;
       const float* m = ws + lay.m + t * kBlockQ;
       const float* l = ws + lay.l + t * kBlockQ;
       for (int64_t c = 0; c < nq[t]; ++c) {
-        const int64_t i = query_pos(u0[t] + c);
+        const int64_t u = u0[t] + c, i = query_pos(u), h = query_head(u);
         if (!global_rows && plan.has_global() && plan.is_global(b, i)) continue;
-        typename Elem<T>::Storage* dst = out_head + i * p.out_stride.seq;
-        if (l[c] == 0.0f) {  // nothing visible: exactly 0, even if a shared tile put 0·Inf = NaN into O
-          for (int64_t e = 0; e < Dv; ++e) dst[e] = Elem<T>::from_f32(0.0f);
-        } else {
-          store_row<T>(o + c * dv_pad, Dv, 1.0f / l[c], dst);
-        }
-        if (lse_head) lse_head[i] = l[c] == 0.0f ? -INFINITY : kLn2 * (m[c] + std::log2(l[c]));
+        const int64_t prow = plan.splits > 1 ? plan.partial_row(item.split, b, h, i) : -1;
+        finish_row<T>(p, o + c * dv_pad, m[c], l[c], p.sinks ? p.sinks + h : nullptr,
+                      out_seq + h * p.out_stride.head + i * p.out_stride.seq,
+                      lse_seq ? lse_seq + h * p.lse_head_stride + i : nullptr,
+                      prow >= 0 ? plan.partial_o + prow * Dv : nullptr,
+                      prow >= 0 ? plan.partial_lse + prow : nullptr);
       }
     }
+  }
+}
+
+// Merges the key splits of rows [row_begin, row_end) of (batch, head_q, query) order into out and lse.
+template <DType T>
+void merge_split_partials(const CallPlan& plan, int64_t row_begin, int64_t row_end) {
+  using S = typename Elem<T>::Storage;
+  const AttentionParams& p = plan.p;
+  const int64_t Dv = p.head_dim_v, Sq = p.seqlen_q;
+  float lse_parts[64], weights[64];
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t i = row % Sq, h = (row / Sq) % p.heads_q, b = row / (Sq * p.heads_q);
+    for (int s = 0; s < plan.splits; ++s) lse_parts[s] = plan.partial_lse[plan.partial_row(s, b, h, i)];
+    const float lse = lse_merge_weights(lse_parts, plan.splits, p.sinks != nullptr, p.sinks ? p.sinks[h] : 0.0f,
+                                        [&](int s, float w) { weights[s] = w; });
+    float acc[256];
+    std::fill(acc, acc + Dv, 0.0f);
+    for (int s = 0; s < plan.splits; ++s) {
+      if (weights[s] == 0.0f) continue;
+      const float* o = plan.partial_o + plan.partial_row(s, b, h, i) * Dv;
+      for (int64_t e = 0; e < Dv; ++e) acc[e] += weights[s] * o[e];
+    }
+    S* out_row = static_cast<S*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head + i * p.out_stride.seq;
+    for (int64_t e = 0; e < Dv; ++e) out_row[e] = Elem<T>::from_f32(acc[e]);
+    if (p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + i] = lse;
   }
 }
 

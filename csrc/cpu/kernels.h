@@ -14,7 +14,10 @@ struct CpuKernelTable {
   const char* name;
   int64_t (*workspace_floats)(const AttentionParams&);  // scratch one thread needs
   int64_t queries_per_group;                            // the engine's query group (CallPlan)
+  int decode_columns;                                   // columns the decode path takes (0: none)
   void (*run_work_item)(const CallPlan&, const WorkItem&, float* workspace);
+  // Key splits: merges the partial results of rows [begin, end) ((batch, head_q, query) order) into out and lse.
+  void (*merge_splits)(const CallPlan&, int64_t row_begin, int64_t row_end);
   // LSH attention (lsh_plan.h): scratch per thread, and one item of each phase
   int64_t (*lsh_workspace_floats)(const LshPlan&);
   void (*lsh_hash_item)(const LshPlan&, int64_t item, float* workspace);

@@ -68,6 +68,11 @@ constexpr float kExp2C0 = 1.0f, kExp2C1 = 0.693147182f, kExp2C2 = 0.240226462f, 
                 kExp2C4 = 0.00961848907f, kExp2C5 = 0.00133999309f, kExp2C6 = 0.00015345811f;
 // Below this, 2^x is flushed to 0 (it is < 2^-125 of the row maximum: invisible in a float32 sum).
 constexpr float kExp2Min = -125.0f;
+// tanh(x) = x + x^3 (c3 + x^2 (c5 + ...)) near 0: the Taylor coefficients -1/3, 2/15, -17/315, 62/2835,
+// -1382/155925, 21844/6081075 (truncation error below 2e-9 for |x| < 0.4).
+constexpr float kTanhC3 = -1.0f / 3.0f, kTanhC5 = 2.0f / 15.0f, kTanhC7 = -17.0f / 315.0f,
+                kTanhC9 = 62.0f / 2835.0f, kTanhC11 = -1382.0f / 155925.0f, kTanhC13 = 21844.0f / 6081075.0f;
+constexpr float kTanhLog2e = 1.4426950408889634f;
 
 #if defined(LONGATTN_ISA_SCALAR)
 struct Vec {
@@ -96,6 +101,9 @@ struct Vec {
     p = p * f + kExp2C2; p = p * f + kExp2C1; p = p * f + kExp2C0;
     return f32_from_bits(bits_from_f32(p) + (uint32_t(int32_t(n)) << 23));
   }
+  static Reg tanh(Reg x) { return std::tanh(x); }
+  // lane i of the result = the sum of the lanes of acc[i], i < kWidth
+  static Reg sum_lanes(const Reg* acc) { return acc[0]; }
   // m == -inf (a row with no visible key yet) becomes 0 so that exp2(s - m) never computes -inf - -inf.
   static Reg finite_or_zero(Reg m) { return m == -INFINITY ? 0.0f : m; }
   // Lane-wise a < b (or a == b) ? if_true : if_false.
@@ -138,6 +146,34 @@ struct Vec {
     const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
     const Reg r = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
     return _mm256_andnot_ps(flushed, r);
+  }
+  // lane i of the result = the sum of the 8 lanes of acc[i]: a transpose-and-add tree (7 adds, 14 shuffles)
+  static Reg sum_lanes(const Reg* a) {
+    Reg v[4], w[2];
+    for (int i = 0; i < 4; ++i)  // 128-bit lane L: [a2i0+a2i2, a2i+1 0+2, a2i 1+3, a2i+1 1+3] of its 4 elements
+      v[i] = _mm256_add_ps(_mm256_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm256_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)  // 128-bit lane L: the partial sums of a4i .. a4i+3 over that lane
+      w[i] = _mm256_add_ps(_mm256_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm256_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm256_add_ps(_mm256_permute2f128_ps(w[0], w[1], 0x20), _mm256_permute2f128_ps(w[0], w[1], 0x31));
+  }
+  // tanh (softcap): the Taylor series to x^13 below |x| = 0.4 (accurate near 0, where 1 - e cancels), else
+  // (1 - e) / (1 + e) with e = 2^(-2 log2(e) |x|) <= 1, the sign of x restored; NaN in, NaN out.
+  static Reg tanh(Reg x) {
+    const Reg sign = _mm256_set1_ps(-0.0f);
+    const Reg ax = _mm256_andnot_ps(sign, x);
+    const Reg e = exp2(_mm256_mul_ps(_mm256_set1_ps(-2.0f * kTanhLog2e), ax));
+    const Reg one = _mm256_set1_ps(1.0f);
+    const Reg big = _mm256_or_ps(_mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e)), _mm256_and_ps(sign, x));
+    const Reg x2 = _mm256_mul_ps(x, x);
+    Reg p = _mm256_set1_ps(kTanhC13);
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(kTanhC11));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(kTanhC9));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(kTanhC7));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(kTanhC5));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(kTanhC3));
+    const Reg small = _mm256_fmadd_ps(_mm256_mul_ps(x, x2), p, x);
+    return _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(0.4f), _CMP_LT_OQ));
   }
   static Reg finite_or_zero(Reg m) {
     return _mm256_andnot_ps(_mm256_cmp_ps(m, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ), m);
@@ -194,6 +230,37 @@ struct Vec {
     const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
     const Reg r = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
     return _mm512_maskz_mov_ps(kept, r);
+  }
+  // lane i of the result = the sum of the 16 lanes of acc[i]: a transpose-and-add tree (15 adds, 30 shuffles)
+  static Reg sum_lanes(const Reg* a) {
+    Reg v[8], w[4], x[2];
+    for (int i = 0; i < 8; ++i)
+      v[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; ++i)  // 128-bit lane L: the partial sums of a4i .. a4i+3 over that lane
+      w[i] = _mm512_add_ps(_mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int i = 0; i < 2; ++i)  // [w2i L0+L2, L1+L3, w2i+1 L0+L2, L1+L3]
+      x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(x[0], x[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  // tanh (softcap): as the AVX2 version.
+  static Reg tanh(Reg x) {
+    const Reg ax = _mm512_abs_ps(x);
+    const Reg e = exp2(_mm512_mul_ps(_mm512_set1_ps(-2.0f * kTanhLog2e), ax));
+    const Reg one = _mm512_set1_ps(1.0f);
+    const Reg big = _mm512_or_ps(_mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e)),
+                                 _mm512_and_ps(_mm512_set1_ps(-0.0f), x));
+    const Reg x2 = _mm512_mul_ps(x, x);
+    Reg p = _mm512_set1_ps(kTanhC13);
+    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kTanhC11));
+    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kTanhC9));
+    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kTanhC7));
+    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kTanhC5));
+    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kTanhC3));
+    const Reg small = _mm512_fmadd_ps(_mm512_mul_ps(x, x2), p, x);
+    return _mm512_mask_mov_ps(big, _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.4f), _CMP_LT_OQ), small);
   }
   static Reg finite_or_zero(Reg m) {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(m, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ), m);

@@ -78,6 +78,9 @@ Status attention_forward(const AttentionParams& p) {
   if (major < 8)
     return Status::Unsupported("device: compute capability " + std::to_string(major) + "." + std::to_string(minor) +
                                " is not supported; longattn's CUDA kernels need 8.0 or newer (" + kSupported + ")");
+  if (p.softcap > 0.0f || p.sinks || p.key_padding_mask || p.cu_seqlens_q || p.cache_seqlens)
+    return Status::Unsupported("softcap, sinks, key_padding_mask, varlen_attention, attention_with_kvcache: not yet "
+                               "in the CUDA backend; use CPU tensors");
   const bool tensor_cores = p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16;
   if (tensor_cores) {
     const int64_t D = p.head_dim;

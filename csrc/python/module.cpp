@@ -65,7 +65,10 @@ void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, 
                           const std::array<int64_t, 2>& lse_strides, double scale, bool causal, int64_t window_left,
                           int64_t window_right, const std::vector<int64_t>& dilation, uintptr_t global_tokens,
                           const std::array<int64_t, 2>& global_strides, uintptr_t stream, uintptr_t workspace,
-                          int64_t workspace_bytes, int device_index) {
+                          int64_t workspace_bytes, int device_index, double softcap, uintptr_t sinks,
+                          uintptr_t key_padding_mask, const std::array<int64_t, 2>& mask_strides,
+                          const std::array<int64_t, 4>& varlen, const std::array<int64_t, 9>& kvcache,
+                          const std::array<int64_t, 3>& k_new_strides, const std::array<int64_t, 3>& v_new_strides) {
   AttentionParams p;
   p.q = reinterpret_cast<const void*>(q);
   p.k = reinterpret_cast<const void*>(k);
@@ -103,6 +106,30 @@ void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, 
   p.workspace_bytes = workspace_bytes;
   p.device_index = device_index;
   p.stream = reinterpret_cast<void*>(stream);
+  p.softcap = float(softcap);
+  p.sinks = reinterpret_cast<const float*>(sinks);
+  p.key_padding_mask = reinterpret_cast<const uint8_t*>(key_padding_mask);
+  p.mask_batch_stride = mask_strides[0];
+  p.mask_seq_stride = mask_strides[1];
+  // varlen = (cu_seqlens_q, cu_seqlens_k, total_q, total_k) pointers / counts, 0 when not a variable-length batch
+  p.cu_seqlens_q = reinterpret_cast<const int32_t*>(varlen[0]);
+  p.cu_seqlens_k = reinterpret_cast<const int32_t*>(varlen[1]);
+  p.total_q = varlen[2];
+  p.total_k = varlen[3];
+  // kvcache = (cache_seqlens, block_table, block_table_stride, num_blocks, page_size, k_new, v_new, seqlen_new,
+  //            num_splits), 0 when not a KV-cache call
+  p.cache_seqlens = reinterpret_cast<const int32_t*>(kvcache[0]);
+  p.block_table = reinterpret_cast<const int32_t*>(kvcache[1]);
+  p.block_table_stride = kvcache[2];
+  p.num_blocks = kvcache[3];
+  p.page_size = kvcache[4];
+  p.max_blocks = p.block_table && p.page_size > 0 ? p.seqlen_k / p.page_size : 0;
+  p.k_new = reinterpret_cast<const void*>(kvcache[5]);
+  p.v_new = reinterpret_cast<const void*>(kvcache[6]);
+  p.seqlen_new = kvcache[7];
+  p.num_splits = int(kvcache[8]);
+  p.k_new_stride = strides3(k_new_strides);
+  p.v_new_stride = strides3(v_new_strides);
   run_without_gil([&] { return attention_forward(p); });
 }
 
@@ -157,7 +184,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("k_strides"), py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"),
         py::arg("scale"), py::arg("causal"), py::arg("window_left"), py::arg("window_right"),
         py::arg("dilation"), py::arg("global_tokens"), py::arg("global_strides"), py::arg("stream"),
-        py::arg("workspace") = 0, py::arg("workspace_bytes") = 0, py::arg("device_index") = -1);
+        py::arg("workspace") = 0, py::arg("workspace_bytes") = 0, py::arg("device_index") = -1,
+        py::arg("softcap") = 0.0, py::arg("sinks") = 0, py::arg("key_padding_mask") = 0,
+        py::arg("mask_strides") = std::array<int64_t, 2>{0, 0}, py::arg("varlen") = std::array<int64_t, 4>{},
+        py::arg("kvcache") = std::array<int64_t, 9>{}, py::arg("k_new_strides") = std::array<int64_t, 3>{},
+        py::arg("v_new_strides") = std::array<int64_t, 3>{});
   m.def(
       "workspace_bytes",
       [](const std::string& device, int64_t batch, int64_t seqlen_k, bool global_tokens) {

@@ -11,39 +11,53 @@ import os
 import torch
 
 from . import _C, testing
-from ._ops import attention_fwd, lsh_attention_fwd
-from ._validate import (check_bool, check_buckets, check_dilation, check_global_tokens, check_int,
-                        check_key_padding_mask, check_no_grad, check_qk_v, check_qkv, check_rotations, check_window,
-                        resolve_scale)
+from ._ops import attention_fwd, attention_with_kvcache_fwd, lsh_attention_fwd, varlen_attention_fwd
+from ._validate import (check_bool, check_buckets, check_dilation, check_global_tokens, check_int, check_kvcache,
+                        check_key_padding_mask, check_no_grad, check_qk_v, check_qkv, check_rotations, check_sinks,
+                        check_softcap, check_varlen, check_window, resolve_scale)
 
 __version__ = _C.version()
 
-__all__ = ["attention", "sliding_window_attention", "lsh_attention", "lsh_rotations", "set_num_threads",
-           "get_num_threads", "capabilities", "__version__"]
+__all__ = ["attention", "sliding_window_attention", "varlen_attention", "attention_with_kvcache", "lsh_attention",
+           "lsh_rotations", "set_num_threads", "get_num_threads", "capabilities", "__version__"]
+
+
+def _serving_options(q, k, softcap, sinks, key_padding_mask):
+    softcap = check_softcap(softcap)
+    sinks = check_sinks(sinks, q.shape[2], q.device)
+    key_padding_mask = check_key_padding_mask(key_padding_mask, q.shape[0], k.shape[1], q.device)
+    return softcap, sinks, key_padding_mask
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, scale: float | None = None,
+              softcap: float = 0.0, sinks: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None,
               return_lse: bool = False):
     """Exact softmax(scale · q kᵀ) v without materialising the score matrix (SPEC §1).
 
     q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv); Hq % Hk == 0 (GQA/MQA); any strides with a unit last
     stride (other layouts are copied once). float32, float16, bfloat16; accumulation in float32.
     causal=True is aligned to the bottom-right corner: query i sees key j iff j <= i + (Sk - Sq).
+    softcap > 0: each scaled score s becomes softcap · tanh(s / softcap) (Gemma 2). sinks (Hq,): one extra logit per
+    query head in every row's softmax denominator, with no value (gpt-oss). key_padding_mask (B, Sk) bool, True = a
+    real key: a False key is hidden from every query (Hugging Face's 2-D attention_mask).
     Returns out (B, Sq, Hq, Dv) in the input dtype, and with return_lse=True also lse (B, Hq, Sq) float32, the
-    natural-log log-sum-exp of each row's scaled scores. A row with no visible key gets out = 0 and lse = -inf.
+    natural-log log-sum-exp of each row's scaled scores (the sink included). A row with no visible key gets out = 0
+    and lse = -inf (its sink with sinks).
     """
     check_qkv(q, k, v)
     check_bool("causal", causal)
     check_bool("return_lse", return_lse)
     scale = resolve_scale(scale, q.shape[3])
+    softcap, sinks, key_padding_mask = _serving_options(q, k, softcap, sinks, key_padding_mask)
     check_no_grad(q, k, v)
-    out, lse = attention_fwd(q, k, v, scale, causal, -1, -1, [], None, return_lse)
+    out, lse = attention_fwd(q, k, v, scale, causal, -1, -1, [], None, return_lse, softcap, sinks, key_padding_mask)
     return (out, lse) if return_lse else out
 
 
 def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: tuple[int, int],
                              causal: bool = False, dilation=1, global_tokens: torch.Tensor | None = None,
-                             scale: float | None = None, return_lse: bool = False):
+                             scale: float | None = None, softcap: float = 0.0, sinks: torch.Tensor | None = None,
+                             key_padding_mask: torch.Tensor | None = None, return_lse: bool = False):
     """Local attention with Longformer's dilation and global tokens, O(S · window) (SPEC §2).
 
     window=(left, right), both inclusive (the full window holds left + right + 1 keys), -1 = unbounded on that
@@ -53,7 +67,8 @@ def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     every query also attends each global key (once), and a global query attends every key.
     window=(-1, -1) equals attention(); window=(-1, 0) equals attention(causal=True).
     Peers' window parameters and how they map to this one: docs/window_conventions.md.
-    Shapes, dtypes, GQA, strides, lse and empty rows as in attention().
+    softcap, sinks, key_padding_mask (combined with the window by AND), shapes, dtypes, GQA, strides, lse and empty
+    rows as in attention().
     """
     check_qkv(q, k, v)
     check_bool("causal", causal)
@@ -62,8 +77,74 @@ def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     dilation = check_dilation(dilation, q.shape[2])
     global_tokens = check_global_tokens(global_tokens, q, k)
     scale = resolve_scale(scale, q.shape[3])
+    softcap, sinks, key_padding_mask = _serving_options(q, k, softcap, sinks, key_padding_mask)
     check_no_grad(q, k, v)
-    out, lse = attention_fwd(q, k, v, scale, causal, left, right, dilation, global_tokens, return_lse)
+    out, lse = attention_fwd(q, k, v, scale, causal, left, right, dilation, global_tokens, return_lse, softcap, sinks,
+                             key_padding_mask)
+    return (out, lse) if return_lse else out
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, *, max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
+                     causal: bool = False, window: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                     sinks: torch.Tensor | None = None, scale: float | None = None, return_lse: bool = False):
+    """Attention over a batch of sequences of different lengths, packed without padding (SPEC §4; FlashAttention's
+    flash_attn_varlen_func convention).
+
+    q (total_q, Hq, D), k (total_k, Hk, D), v (total_k, Hk, Dv): the sequences one after another. cu_seqlens_q,
+    cu_seqlens_k: int32 (B + 1,) offsets from 0 to total (non-decreasing; empty sequences allowed): sequence b is
+    rows cu[b] .. cu[b + 1] - 1, and attends only its own keys, causal and window aligned bottom-right within it
+    (query i of b sits at key position i + Sk_b - Sq_b). max_seqlen_q / max_seqlen_k: hints for sizing the work
+    (None: computed, which for CUDA tensors reads the offsets back to the host; give them under CUDA-graph capture).
+    A hint below the true maximum is a ValueError on the CPU; on CUDA it costs speed only. window, softcap, sinks,
+    scale as in sliding_window_attention (no dilation, global tokens or key padding: the packing is the padding).
+    Returns out (total_q, Hq, Dv) and, with return_lse, lse (Hq, total_q) float32.
+    """
+    batch, max_seqlen_q, max_seqlen_k = check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                     max_seqlen_k)
+    check_bool("causal", causal)
+    check_bool("return_lse", return_lse)
+    left, right = check_window(window, causal)
+    scale = resolve_scale(scale, q.shape[2])
+    softcap = check_softcap(softcap)
+    sinks = check_sinks(sinks, q.shape[1], q.device)
+    check_no_grad(q, k, v)
+    out, lse = varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal,
+                                    left, right, softcap, sinks, return_lse)
+    return (out, lse) if return_lse else out
+
+
+def attention_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *, cache_seqlens,
+                           k: torch.Tensor | None = None, v: torch.Tensor | None = None,
+                           block_table: torch.Tensor | None = None, causal: bool = False,
+                           window: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                           sinks: torch.Tensor | None = None, scale: float | None = None, num_splits: int = 0,
+                           return_lse: bool = False):
+    """Decoding against a KV cache (SPEC §5; FlashAttention's flash_attn_with_kvcache convention).
+
+    q (B, Sq, Hq, D): usually Sq = 1 (decode) or a few (speculative decoding, chunked prefill). The cache:
+    contiguous k_cache (B, S_cache, Hk, D), v_cache (B, S_cache, Hk, Dv); or paged, k_cache (num_blocks,
+    page_size, Hk, D), v_cache (num_blocks, page_size, Hk, Dv) with block_table (B, max_blocks) int32: token t of
+    sequence b lives in block block_table[b, t // page_size], row t % page_size (vLLM's layout, any page size).
+    cache_seqlens: int32 (B,) or an int: the tokens already in each cache. k, v (B, Snew, Hk, ·), optional: written
+    into the caches in place at positions cache_seqlens[b] .. + Snew - 1 (a write past the capacity is a ValueError
+    before anything is written), then attended. Sequence b attends its keys 0 .. L_b - 1, L_b = cache_seqlens[b] +
+    Snew, causal and window aligned bottom-right to L_b; cache rows past L_b, and blocks the table does not name, are
+    never read into a result. num_splits: 0 = the library chooses how many pieces to split each sequence's keys
+    into (flash-decoding: partial results merged by their lse), 1 = no split, n = n pieces (at most 64).
+    Returns out (B, Sq, Hq, Dv) and, with return_lse, lse (B, Hq, Sq) float32.
+    """
+    cache_seqlens, _, _, _, num_splits = check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, block_table,
+                                                        num_splits)
+    check_bool("causal", causal)
+    check_bool("return_lse", return_lse)
+    left, right = check_window(window, causal)
+    scale = resolve_scale(scale, q.shape[3])
+    softcap = check_softcap(softcap)
+    sinks = check_sinks(sinks, q.shape[2], q.device)
+    check_no_grad(q, k_cache, v_cache, *(t for t in (k, v) if t is not None))
+    out, lse = attention_with_kvcache_fwd(q, k_cache, v_cache, cache_seqlens, k, v, block_table, scale, causal, left,
+                                          right, softcap, sinks, num_splits, return_lse)
     return (out, lse) if return_lse else out
 
 

@@ -5,6 +5,7 @@ Registered with torch.library.custom_op, so torch.compile(fullgraph=True) treats
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -40,11 +41,39 @@ def _device_index(device: torch.device, backend: str) -> int:
     return device.index if backend == "cuda" and device.index is not None else -1
 
 
+def _ptr(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _run(backend, q, k, v, out, lse, sizes, q_strides, k_strides, v_strides, out_strides, lse_strides, scale, causal,
+         window_left, window_right, dilation=(), global_tokens=None, softcap=0.0, sinks=None, key_padding_mask=None,
+         varlen=(0, 0, 0, 0), kvcache=(0,) * 9, k_new_strides=(0, 0, 0), v_new_strides=(0, 0, 0)):
+    """One call of the C++ core (every attention operation but LSH); tensors already checked and laid out."""
+    B, Sk = sizes[0], sizes[2]
+    g_ptr, g_strides = 0, (0, 0)
+    workspace = None
+    if global_tokens is not None:
+        g_ptr, g_strides = global_tokens.data_ptr(), (global_tokens.stride(0), global_tokens.stride(1))
+        n = _C.workspace_bytes(backend, B, Sk, True)
+        if n:  # device scratch from torch's allocator (no cudaMalloc in the kernel call; graph capture safe)
+            workspace = torch.empty(n, dtype=torch.uint8, device=q.device)
+    m_strides = (0, 0) if key_padding_mask is None else (key_padding_mask.stride(0), key_padding_mask.stride(1))
+    _C.attention_forward(
+        q.data_ptr(), _ptr(k), _ptr(v), out.data_ptr(), _ptr(lse), str(q.dtype).removeprefix("torch."), backend,
+        sizes, q_strides, k_strides, v_strides, out_strides, lse_strides, scale, causal, window_left, window_right,
+        list(dilation), g_ptr, g_strides, _stream_handle(q.device, backend), _ptr(workspace),
+        0 if workspace is None else workspace.numel(), _device_index(q.device, backend), softcap, _ptr(sinks),
+        _ptr(key_padding_mask), m_strides, varlen, kvcache, k_new_strides, v_new_strides)
+
+
 @torch.library.custom_op("longattn::attention_fwd", mutates_args=())
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
                   window_left: int, window_right: int, dilation: list[int],
-                  global_tokens: Optional[torch.Tensor], need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense / causal / sliding-window attention forward (SPEC §1, §2), arguments already validated.
+                  global_tokens: Optional[torch.Tensor], need_lse: bool, softcap: float,
+                  sinks: Optional[torch.Tensor],
+                  key_padding_mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense / causal / sliding-window attention forward (SPEC §1, §2 and the shared options), arguments already
+    validated; sinks float32 (Hq,), key_padding_mask bool (B, Sk).
 
     dilation: [] for 1, else one int per query head. global_tokens: None or bool (B, Sk) with Sq == Sk.
     Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq) float32), lse an empty (0,) tensor unless need_lse (the kernel
@@ -57,31 +86,97 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     lse = _backend.new_output((B, Hq, Sq) if need_lse else (0,), torch.float32, q.device)
     if out.numel() == 0:
         return out, lse
-    if Sk == 0:  # every row is empty: out = 0, lse = -inf, nothing to launch
-        return out.zero_(), lse.fill_(float("-inf"))
+    if Sk == 0:  # every row is empty: out = 0, lse = -inf (or the sink), nothing to launch
+        out.zero_()
+        if need_lse:
+            lse.copy_(sinks.view(1, Hq, 1).expand(B, Hq, Sq) if sinks is not None else torch.full_like(lse, -math.inf))
+        return out, lse
     q, k, v = (_cuda_aligned(_unit_last_stride(t), backend) for t in (q, k, v))
-    g_ptr, g_strides = 0, (0, 0)
-    workspace = None
-    if global_tokens is not None:
-        g_ptr, g_strides = global_tokens.data_ptr(), (global_tokens.stride(0), global_tokens.stride(1))
-        n = _C.workspace_bytes(backend, B, Sk, True)
-        if n:  # device scratch from torch's allocator (no cudaMalloc in the kernel call; graph capture safe)
-            workspace = torch.empty(n, dtype=torch.uint8, device=q.device)
-    _C.attention_forward(
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr() if need_lse else 0,
-        str(q.dtype).removeprefix("torch."), backend, (B, Sq, Sk, Hq, Hk, D, Dv),
-        _bsh_strides(q), _bsh_strides(k), _bsh_strides(v), _bsh_strides(out),
-        (lse.stride(0), lse.stride(1)) if need_lse else (0, 0),
-        scale, causal, window_left, window_right, list(dilation), g_ptr, g_strides,
-        _stream_handle(q.device, backend), 0 if workspace is None else workspace.data_ptr(),
-        0 if workspace is None else workspace.numel(), _device_index(q.device, backend))
+    _run(backend, q, k, v, out, lse if need_lse else None, (B, Sq, Sk, Hq, Hk, D, Dv), _bsh_strides(q),
+         _bsh_strides(k), _bsh_strides(v), _bsh_strides(out), (lse.stride(0), lse.stride(1)) if need_lse else (0, 0),
+         scale, causal, window_left, window_right, dilation, global_tokens, softcap, sinks, key_padding_mask)
     return out, lse
 
 
 @attention_fwd.register_fake
-def _(q, k, v, scale, causal, window_left, window_right, dilation, global_tokens, need_lse):
+def _(q, k, v, scale, causal, window_left, window_right, dilation, global_tokens, need_lse, softcap, sinks,
+      key_padding_mask):
     B, Sq, Hq, _ = q.shape
     out = q.new_empty((B, Sq, Hq, v.shape[3]))
+    lse = q.new_empty((B, Hq, Sq) if need_lse else (0,), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("longattn::varlen_attention_fwd", mutates_args=())
+def varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                         cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, scale: float,
+                         causal: bool, window_left: int, window_right: int, softcap: float,
+                         sinks: Optional[torch.Tensor], need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variable-length batch forward (SPEC §4), arguments already validated. Returns (out (total_q, Hq, Dv),
+    lse (Hq, total_q) float32, or an empty (0,) tensor unless need_lse)."""
+    total_q, Hq, D = q.shape
+    total_k, Hk, Dv = k.shape[0], k.shape[1], v.shape[2]
+    B = cu_seqlens_q.shape[0] - 1
+    backend = _backend.of(q)
+    out = _backend.new_output((total_q, Hq, Dv), q.dtype, q.device)
+    lse = _backend.new_output((Hq, total_q) if need_lse else (0,), torch.float32, q.device)
+    if out.numel() == 0 or B == 0:
+        return out, lse
+    q, k, v = (_cuda_aligned(_unit_last_stride(t), backend) for t in (q, k, v))
+    packed = lambda t: (0, t.stride(0), t.stride(1))  # noqa: E731 (no batch stride: rows of all sequences)
+    _run(backend, q, k, v, out, lse if need_lse else None, (B, max_seqlen_q, max_seqlen_k, Hq, Hk, D, Dv),
+         packed(q), packed(k), packed(v), packed(out), (0, lse.stride(0)) if need_lse else (0, 0), scale, causal,
+         window_left, window_right, softcap=softcap, sinks=sinks,
+         varlen=(cu_seqlens_q.data_ptr(), cu_seqlens_k.data_ptr(), total_q, total_k))
+    return out, lse
+
+
+@varlen_attention_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal, window_left, window_right,
+      softcap, sinks, need_lse):
+    out = q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
+    lse = q.new_empty((q.shape[1], q.shape[0]) if need_lse else (0,), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("longattn::attention_with_kvcache_fwd", mutates_args=("k_cache", "v_cache"))
+def attention_with_kvcache_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                               cache_seqlens: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
+                               block_table: Optional[torch.Tensor], scale: float, causal: bool, window_left: int,
+                               window_right: int, softcap: float, sinks: Optional[torch.Tensor], num_splits: int,
+                               need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """KV-cache decoding forward (SPEC §5), arguments already validated: k, v (new tokens) are appended to the caches
+    in place, then attended. Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq) float32 or an empty (0,) tensor)."""
+    B, Sq, Hq, D = q.shape
+    Hk, Dv = k_cache.shape[2], v_cache.shape[3]
+    backend = _backend.of(q)
+    out = _backend.new_output((B, Sq, Hq, Dv), q.dtype, q.device)
+    lse = _backend.new_output((B, Hq, Sq) if need_lse else (0,), torch.float32, q.device)
+    seqlen_new = 0 if k is None else k.shape[1]
+    if B == 0 or (out.numel() == 0 and seqlen_new == 0):
+        return out, lse
+    q = _cuda_aligned(_unit_last_stride(q), backend)
+    if k is not None:
+        k, v = (_cuda_aligned(_unit_last_stride(t), backend) for t in (k, v))
+    paged = block_table is not None
+    capacity = block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[1]
+    kvcache = (cache_seqlens.data_ptr(), _ptr(block_table), block_table.stride(0) if paged else 0,
+               k_cache.shape[0] if paged else 0, k_cache.shape[1] if paged else 0, _ptr(k), _ptr(v), seqlen_new,
+               num_splits)
+    _run(backend, q, k_cache, v_cache, out, lse if need_lse else None, (B, Sq, capacity, Hq, Hk, D, Dv),
+         _bsh_strides(q), _bsh_strides(k_cache), _bsh_strides(v_cache), _bsh_strides(out),
+         (lse.stride(0), lse.stride(1)) if need_lse else (0, 0), scale, causal, window_left, window_right,
+         softcap=softcap, sinks=sinks, kvcache=kvcache,
+         k_new_strides=(0, 0, 0) if k is None else _bsh_strides(k),
+         v_new_strides=(0, 0, 0) if v is None else _bsh_strides(v))
+    return out, lse
+
+
+@attention_with_kvcache_fwd.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, k, v, block_table, scale, causal, window_left, window_right, softcap,
+      sinks, num_splits, need_lse):
+    B, Sq, Hq, _ = q.shape
+    out = q.new_empty((B, Sq, Hq, v_cache.shape[3]))
     lse = q.new_empty((B, Hq, Sq) if need_lse else (0,), dtype=torch.float32)
     return out, lse
 

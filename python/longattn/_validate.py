@@ -243,3 +243,165 @@ def check_key_padding_mask(mask, batch: int, seqlen: int, device):
     if mask.device != device:
         raise ValueError(f"key_padding_mask: on {mask.device}; expected the inputs' device {device}")
     return mask
+
+
+# ---- options for serving (softcap, sinks), variable-length batches (SPEC §4) and KV caches (SPEC §5) --------------
+
+def check_softcap(softcap) -> float:
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
+        raise TypeError(f"softcap: expected a real number, got {softcap!r} ({type(softcap).__name__})")
+    softcap = float(softcap)
+    if not math.isfinite(softcap) or softcap < 0:
+        raise ValueError(f"softcap: got {softcap}, expected a finite number >= 0 (0 = no soft-capping)")
+    return softcap
+
+
+def check_sinks(sinks, heads_q: int, device):
+    """None, or a float tensor (Hq,): one logit per query head, read as float32."""
+    if sinks is None:
+        return None
+    check_tensor("sinks", sinks)
+    if not sinks.dtype.is_floating_point:
+        raise ValueError(f"sinks: dtype {sinks.dtype}; expected a floating-point tensor (read as float32)")
+    if tuple(sinks.shape) != (heads_q,):
+        raise ValueError(f"sinks: got shape {_shape(sinks)}; expected (heads_q,) = ({heads_q},), one logit per "
+                         "query head")
+    if sinks.device != device:
+        raise ValueError(f"sinks: on {sinks.device}; expected the inputs' device {device}")
+    return sinks.to(torch.float32).contiguous()
+
+
+def check_window_only(window, causal: bool) -> tuple[int, int]:
+    """varlen / KV cache: window=(left, right) with the rules of check_window; (-1, -1) = dense."""
+    return check_window(window, causal)
+
+
+def _check_packed(name: str, t, what: str) -> None:
+    check_tensor(name, t)
+    if t.dim() != 3:
+        raise ValueError(f"{name}: expected a 3-D tensor {what}, got shape {_shape(t)}")
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"{name}: dtype {t.dtype} is not supported; expected torch.float32, torch.float16 "
+                         "or torch.bfloat16")
+
+
+def _check_head_dims(t_q, t_v, backend: str) -> None:
+    D, Dv = t_q.shape[-1], t_v.shape[-1]
+    if backend == "cpu":
+        for name, d in (("head_dim", D), ("head_dim of v", Dv)):
+            if d not in CPU_HEAD_DIMS:
+                raise ValueError(f"{name}: got {d}; the CPU backend supports head dims 1..256")
+    elif _backend.is_cuda_like(backend):
+        check_cuda_support(t_q.dtype, D, Dv, backend)
+    else:
+        raise ValueError(f"device: got {t_q.device}; supported devices: cpu, cuda")
+
+
+def _check_heads(hq: int, hk: int) -> None:
+    if hk < 1 or hq % hk != 0:
+        raise ValueError(f"heads: q has {hq} heads and k, v have {hk}; expected the k/v head count to divide the "
+                         "query head count (grouped-query attention)")
+
+
+def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """SPEC §4. Returns (batch, max_seqlen_q, max_seqlen_k) with the hints resolved (None: computed, which on CUDA
+    reads the offsets back to the host)."""
+    _check_packed("q", q, "(total_q, heads_q, head_dim)")
+    _check_packed("k", k, "(total_k, heads_k, head_dim)")
+    _check_packed("v", v, "(total_k, heads_k, head_dim_v)")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v: expected one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v: expected one device, got q {q.device}, k {k.device}, v {v.device}")
+    if k.shape[0] != v.shape[0] or k.shape[1] != v.shape[1]:
+        raise ValueError(f"k, v: expected the same rows and heads, got k {_shape(k)}, v {_shape(v)}")
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"head_dim: q and k must share dim 2, got q {_shape(q)}, k {_shape(k)}")
+    _check_heads(q.shape[1], k.shape[1])
+    _check_head_dims(q, v, _backend.of(q))
+    batch = None
+    for name, cu, total in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]), ("cu_seqlens_k", cu_seqlens_k, k.shape[0])):
+        check_tensor(name, cu)
+        if cu.dtype != torch.int32 or cu.dim() != 1 or cu.shape[0] < 1:
+            raise ValueError(f"{name}: got {cu.dtype} shape {_shape(cu)}; expected a 1-D torch.int32 tensor of "
+                             "batch + 1 offsets")
+        if cu.device != q.device:
+            raise ValueError(f"{name}: on {cu.device}; expected the inputs' device {q.device}")
+        if batch is not None and cu.shape[0] - 1 != batch:
+            raise ValueError(f"cu_seqlens_q, cu_seqlens_k: {batch + 1} and {cu.shape[0]} offsets; expected one "
+                             "each per sequence, plus one")
+        batch = cu.shape[0] - 1
+    # The offsets' values (start, order, end, hints) are checked by the C++ core for CPU tensors, inside the op, so
+    # they are checked under torch.compile too; on CUDA the kernels bound every access instead (SPEC).
+    hints = []
+    for name, hint, cu in (("max_seqlen_q", max_seqlen_q, cu_seqlens_q), ("max_seqlen_k", max_seqlen_k, cu_seqlens_k)):
+        if hint is None:  # computed: reads the offsets (a device-to-host copy on CUDA; give the hints to avoid it)
+            hints.append(int((cu[1:] - cu[:-1]).max()) if batch > 0 else 0)
+        else:
+            hints.append(check_int(name, hint, 0))
+    return batch, hints[0], hints[1]
+
+
+def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, block_table, num_splits):
+    """SPEC §5. Returns (cache_seqlens as an int32 tensor, seqlen_new, capacity, paged)."""
+    check_bshd_tensor("q", q)
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_bshd_tensor(name, t)
+        if t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(f"{name}: {t.dtype} on {t.device}; expected q's dtype {q.dtype} and device {q.device}")
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name}: the last dimension has stride {t.stride(-1)}; the cache is written in place, "
+                             "so it must have unit stride there (it cannot be copied)")
+        if _backend.is_cuda_like(_backend.of(q)):
+            step = 16 // t.element_size()
+            if t.data_ptr() % 16 or any(s % step for s in t.stride()[:-1]):
+                raise ValueError(f"{name}: CUDA reads the cache in 16-byte rows; its data pointer and strides must "
+                                 f"be multiples of 16 bytes (got strides {tuple(t.stride())}); the cache cannot be "
+                                 "copied since it is written in place")
+    if k_cache.shape[:3] != v_cache.shape[:3]:
+        raise ValueError(f"k_cache, v_cache: expected the same leading dims, got {_shape(k_cache)}, {_shape(v_cache)}")
+    if q.shape[3] != k_cache.shape[3]:
+        raise ValueError(f"head_dim: q and k_cache must share dim 3, got q {_shape(q)}, k_cache {_shape(k_cache)}")
+    B, hk = q.shape[0], k_cache.shape[2]
+    _check_heads(q.shape[2], hk)
+    _check_head_dims(q, v_cache, _backend.of(q))
+    paged = block_table is not None
+    if paged:
+        check_tensor("block_table", block_table)
+        if block_table.dtype != torch.int32 or block_table.dim() != 2 or block_table.shape[0] != B:
+            raise ValueError(f"block_table: got {block_table.dtype} shape {_shape(block_table)}; expected torch.int32 "
+                             f"(batch, max_blocks) with batch = {B}")
+        if block_table.device != q.device or block_table.stride(1) != 1:
+            raise ValueError("block_table: expected it on the inputs' device with unit stride in dim 1")
+        capacity = block_table.shape[1] * k_cache.shape[1]
+    else:
+        if k_cache.shape[0] != B:
+            raise ValueError(f"k_cache: got {k_cache.shape[0]} sequences, q has {B}; a contiguous cache is "
+                             "(batch, capacity, heads_k, head_dim) (a paged one needs block_table)")
+        capacity = k_cache.shape[1]
+    if isinstance(cache_seqlens, numbers.Integral) and not isinstance(cache_seqlens, bool):
+        cache_seqlens = torch.full((B,), int(cache_seqlens), dtype=torch.int32, device=q.device)
+    check_tensor("cache_seqlens", cache_seqlens)
+    if cache_seqlens.dtype != torch.int32 or tuple(cache_seqlens.shape) != (B,):
+        raise ValueError(f"cache_seqlens: got {cache_seqlens.dtype} shape {_shape(cache_seqlens)}; expected an int or "
+                         f"a torch.int32 tensor ({B},)")
+    if cache_seqlens.device != q.device:
+        raise ValueError(f"cache_seqlens: on {cache_seqlens.device}; expected the inputs' device {q.device}")
+    seqlen_new = 0
+    if (k is None) != (v is None):
+        raise ValueError("k, v: give both new keys and values, or neither")
+    if k is not None:
+        for name, t, cache in (("k", k, k_cache), ("v", v, v_cache)):
+            check_bshd_tensor(name, t)
+            if t.dtype != q.dtype or t.device != q.device:
+                raise ValueError(f"{name}: {t.dtype} on {t.device}; expected q's dtype and device")
+            if t.shape[0] != B or t.shape[2] != hk or t.shape[3] != cache.shape[3]:
+                raise ValueError(f"{name}: got shape {_shape(t)}; expected (batch, seqlen_new, heads_k, dim) = "
+                                 f"({B}, ·, {hk}, {cache.shape[3]})")
+        if k.shape[1] != v.shape[1]:
+            raise ValueError(f"k, v: {k.shape[1]} and {v.shape[1]} new tokens; expected the same")
+        seqlen_new = k.shape[1]
+    # cache_seqlens and block_table values (capacity, block indices) are checked by the C++ core for CPU tensors
+    # before anything is written, inside the op (so under torch.compile too); CUDA kernels bound every access instead.
+    num_splits = check_int("num_splits", num_splits, 0, 64, " (0 = chosen by the library, 1 = no split)")
+    return cache_seqlens, seqlen_new, capacity, paged, num_splits

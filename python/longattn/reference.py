@@ -8,13 +8,16 @@ import torch
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
-                     scale: float | None = None, compute_dtype: torch.dtype = torch.float64):
+                     scale: float | None = None, compute_dtype: torch.dtype = torch.float64, softcap: float = 0.0,
+                     sinks: torch.Tensor | None = None):
     """softmax(scale * q kᵀ + mask) v, BSHD layout, GQA by repeating kv heads.
 
     visible: bool, broadcastable to (B, Hq, Sq, Sk). Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq)) in
     compute_dtype: float64 for the oracle; the inputs' own dtype measures how much error plain PyTorch makes
     doing the same math in that precision (the yardstick the tests hold longattn to).
-    A row with no visible key gets out = 0 and lse = -inf.
+    softcap > 0: each scaled score s becomes softcap * tanh(s / softcap) before the mask. sinks (Hq,): one extra logit
+    per query head in every row's denominator, carrying no value (lse includes it).
+    A row with no visible key gets out = 0 and lse = -inf (lse = its sink with sinks).
     """
     B, Sq, Hq, D = q.shape
     Hk = k.shape[2]
@@ -23,28 +26,38 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible:
     k64 = k.to(compute_dtype).transpose(1, 2).repeat_interleave(Hq // Hk, dim=1)  # (B, Hq, Sk, D)
     v64 = v.to(compute_dtype).transpose(1, 2).repeat_interleave(Hq // Hk, dim=1)  # (B, Hq, Sk, Dv)
     scores = scale * (q64 @ k64.transpose(-1, -2))                          # (B, Hq, Sq, Sk)
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~visible, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)                                   # (B, Hq, Sq)
+    if sinks is None:
+        lse = torch.logsumexp(scores, dim=-1)                               # (B, Hq, Sq)
+    else:
+        sink = sinks.to(compute_dtype).view(1, Hq, 1, 1).expand(B, Hq, Sq, 1)
+        lse = torch.logsumexp(torch.cat([scores, sink], dim=-1), dim=-1)    # the sink joins the denominator
     empty = torch.isneginf(lse)
     probs = torch.exp(scores - lse.masked_fill(empty, 0.0)[..., None])      # exp(-inf) = 0 on empty rows
     out = probs @ v64                                                       # (B, Hq, Sq, Dv)
     return out.transpose(1, 2), lse
 
 
-def attention(q, k, v, *, causal: bool = False, scale: float | None = None, compute_dtype=torch.float64):
+def attention(q, k, v, *, causal: bool = False, scale: float | None = None, compute_dtype=torch.float64,
+              softcap: float = 0.0, sinks: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None):
     """SPEC §1: returns (out, lse), computed in compute_dtype (float64: the oracle). Dense is the unbounded window,
     causal the window (-1, 0), both bottom-right aligned."""
-    visible = sliding_window_visible(q.shape[1], k.shape[1], window=(-1, -1), causal=causal, device=q.device)
-    return masked_attention(q, k, v, visible, scale, compute_dtype)
+    visible = sliding_window_visible(q.shape[1], k.shape[1], window=(-1, -1), causal=causal,
+                                     key_padding_mask=key_padding_mask, device=q.device)
+    return masked_attention(q, k, v, visible, scale, compute_dtype, softcap, sinks)
 
 
 def sliding_window_visible(seqlen_q: int, seqlen_k: int, *, window: tuple[int, int], causal: bool = False,
-                           dilation=1, global_tokens: torch.Tensor | None = None, device=None) -> torch.Tensor:
+                           dilation=1, global_tokens: torch.Tensor | None = None,
+                           key_padding_mask: torch.Tensor | None = None, device=None) -> torch.Tensor:
     """Bool (B or 1, Hq or 1, Sq, Sk): may query i attend key j under SPEC §2?
 
     Query i sits at key position p = i + (Sk - Sq) (bottom-right alignment). Window part:
     p - left*dil <= j <= p + right*dil (a bound of -1 is unbounded; causal is right = 0) and (j - p) % dil == 0.
     Global part (Sq == Sk): every query also sees each global key, and a global query sees every key.
+    key_padding_mask (B, Sk), True = a real key: a padding key is hidden from every query (AND with the rest).
     dilation: an int, or one int per query head.
     """
     left, right = window
@@ -63,16 +76,79 @@ def sliding_window_visible(seqlen_q: int, seqlen_k: int, *, window: tuple[int, i
     if global_tokens is not None:
         g = global_tokens.to(device=device, dtype=torch.bool)         # (B, Sk), Sq == Sk
         ok = ok | g[:, None, None, :] | g[:, None, :, None]
+    if key_padding_mask is not None:
+        ok = ok & key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
     return ok
 
 
 def sliding_window_attention(q, k, v, *, window: tuple[int, int], causal: bool = False, dilation=1,
                              global_tokens: torch.Tensor | None = None, scale: float | None = None,
-                             compute_dtype=torch.float64):
+                             compute_dtype=torch.float64, softcap: float = 0.0, sinks: torch.Tensor | None = None,
+                             key_padding_mask: torch.Tensor | None = None):
     """SPEC §2: returns (out, lse), computed in compute_dtype (float64: the oracle)."""
     visible = sliding_window_visible(q.shape[1], k.shape[1], window=window, causal=causal, dilation=dilation,
-                                     global_tokens=global_tokens, device=q.device)
-    return masked_attention(q, k, v, visible, scale, compute_dtype)
+                                     global_tokens=global_tokens, key_padding_mask=key_padding_mask,
+                                     device=q.device)
+    return masked_attention(q, k, v, visible, scale, compute_dtype, softcap, sinks)
+
+
+# ---- SPEC §4: variable-length batches --------------------------------------------------------------------------------
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal: bool = False, window=(-1, -1),
+                     softcap: float = 0.0, sinks=None, scale: float | None = None, compute_dtype=torch.float64):
+    """SPEC §4, sequence by sequence: q (total_q, Hq, D), k/v (total_k, Hk, ·) packed; sequence b is rows
+    cu[b] .. cu[b+1]-1 and attends only its own keys, causal/window aligned bottom-right within it.
+    Returns (out (total_q, Hq, Dv), lse (Hq, total_q))."""
+    cq, ck = [int(x) for x in cu_seqlens_q], [int(x) for x in cu_seqlens_k]
+    Hq, Dv = q.shape[1], v.shape[2]
+    out = torch.zeros(q.shape[0], Hq, Dv, dtype=compute_dtype, device=q.device)
+    lse = torch.full((Hq, q.shape[0]), float("-inf"), dtype=compute_dtype, device=q.device)
+    for b in range(len(cq) - 1):
+        qs, ks = q[cq[b]:cq[b + 1]][None], k[ck[b]:ck[b + 1]][None]
+        if qs.shape[1] == 0:
+            continue
+        o, l = sliding_window_attention(qs, ks, v[ck[b]:ck[b + 1]][None], window=window, causal=causal,
+                                        scale=scale, compute_dtype=compute_dtype, softcap=softcap, sinks=sinks)
+        out[cq[b]:cq[b + 1]] = o[0]
+        lse[:, cq[b]:cq[b + 1]] = l[0]
+    return out, lse
+
+
+# ---- SPEC §5: decoding against a KV cache ----------------------------------------------------------------------------
+
+def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k=None, v=None, block_table=None,
+                           causal: bool = False, window=(-1, -1), softcap: float = 0.0, sinks=None,
+                           scale: float | None = None, compute_dtype=torch.float64):
+    """SPEC §5, written out: returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq), k_cache', v_cache') where the primed
+    caches are copies with k, v (B, Snew, Hk, ·) appended at cache_seqlens[b] .. + Snew - 1. Sequence b attends
+    its tokens 0 .. L_b - 1, L_b = cache_seqlens[b] + Snew, causal/window aligned bottom-right to L_b. A paged cache
+    (num_blocks, page_size, Hk, ·) holds token t of sequence b at block block_table[b, t // page_size], row
+    t % page_size."""
+    B, Sq, Hq, _ = q.shape
+    seqlens = [int(x) for x in (cache_seqlens if torch.is_tensor(cache_seqlens) else [cache_seqlens] * B)]
+    k_cache, v_cache = k_cache.clone(), v_cache.clone()
+    s_new = 0 if k is None else k.shape[1]
+    paged = block_table is not None
+    page = k_cache.shape[1]
+
+    def where(b, t):  # (block or batch index, row) of token t of sequence b
+        return (int(block_table[b, t // page]), t % page) if paged else (b, t)
+
+    for b in range(B):
+        for t in range(s_new):
+            blk, row = where(b, seqlens[b] + t)
+            k_cache[blk, row], v_cache[blk, row] = k[b, t], v[b, t]
+    out = torch.zeros(B, Sq, Hq, v_cache.shape[-1], dtype=compute_dtype, device=q.device)
+    lse = torch.empty(B, Hq, Sq, dtype=compute_dtype, device=q.device)
+    for b in range(B):
+        n = seqlens[b] + s_new
+        rows = [where(b, t) for t in range(n)]
+        kb = torch.stack([k_cache[i, r] for i, r in rows])[None] if n else k_cache[:1, :0]
+        vb = torch.stack([v_cache[i, r] for i, r in rows])[None] if n else v_cache[:1, :0]
+        o, l = sliding_window_attention(q[b:b + 1], kb, vb, window=window, causal=causal, scale=scale,
+                                        compute_dtype=compute_dtype, softcap=softcap, sinks=sinks)
+        out[b], lse[b] = o[0], l[0]
+    return out, lse, k_cache, v_cache
 
 
 # ---- SPEC §3: Reformer's bucketed-LSH attention ---------------------------------------------------------------------

@@ -177,7 +177,8 @@ def test_torch_compile_fullgraph():
 
 def test_custom_op_passes_opcheck():
     q, k, v = bshd(1, 70, 4, 32), bshd(1, 90, 2, 32), bshd(1, 90, 2, 16)
-    torch.library.opcheck(torch.ops.longattn.attention_fwd.default, (q, k, v, 0.2, True, -1, -1, [], None, True),
+    torch.library.opcheck(torch.ops.longattn.attention_fwd.default,
+                          (q, k, v, 0.2, True, -1, -1, [], None, True, 0.0, None, None),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 

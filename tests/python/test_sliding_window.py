@@ -195,7 +195,7 @@ def test_torch_compile_fullgraph():
 def test_custom_op_passes_opcheck():
     q, k, v = (bshd(1, 90, 2, 16) for _ in range(3))
     g = global_mask(1, 90, [[5]])
-    torch.library.opcheck(torch.ops.longattn.attention_fwd.default, (q, k, v, 0.25, False, 7, 3, [1, 2], g, True),
+    torch.library.opcheck(torch.ops.longattn.attention_fwd.default, (q, k, v, 0.25, False, 7, 3, [1, 2], g, True, 0.0, None, None),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 

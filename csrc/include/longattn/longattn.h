@@ -82,6 +82,52 @@ struct AttentionParams {
   int64_t global_batch_stride = 0;
   int64_t global_seq_stride = 0;
 
+  // ---- options for serving (SPEC: options shared by the dense and windowed operations) ----------------------------
+  float softcap = 0.0f;  // > 0: each scaled score s becomes softcap * tanh(s / softcap), before masking
+  // Attention sinks: heads_q float32 logits, one per query head, that join every row's softmax denominator and carry
+  // no value; null = none. lse includes the sink; a row with no visible key gets out = 0 and lse = its sink.
+  const float* sinks = nullptr;
+  // Key padding (dense layout only): bytes (batch, seqlen_k), nonzero = a real key, zero = padding, hidden from every
+  // query (ANDed with the other rules); strides in elements; null = every key is real.
+  const uint8_t* key_padding_mask = nullptr;
+  int64_t mask_batch_stride = 0;
+  int64_t mask_seq_stride = 0;
+
+  // ---- variable-length batches (SPEC §4) --------------------------------------------------------------------------
+  // With cu_seqlens_q (and cu_seqlens_k) set, each (batch + 1) int32 offsets: q and out hold the sequences packed,
+  // (total_q, heads_q, ·) with sequence b in rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1, k and v likewise
+  // (total_k rows); the batch strides are unused and lse is (heads_q, total_q) (lse_batch_stride unused). seqlen_q and
+  // seqlen_k are then the max_seqlen hints: on the CPU they must be >= every length (checked); on CUDA a small hint
+  // costs speed only. Sequence b attends only its own keys; causal and the window are aligned bottom-right within it.
+  const int32_t* cu_seqlens_q = nullptr;
+  const int32_t* cu_seqlens_k = nullptr;
+  int64_t total_q = 0;
+  int64_t total_k = 0;
+
+  // ---- decoding against a KV cache (SPEC §5) ----------------------------------------------------------------------
+  // With cache_seqlens set ((batch,) int32: the tokens each sequence's cache already holds), k and v are the cache:
+  //   contiguous: (batch, capacity, heads_k, ·), seqlen_k = capacity;
+  //   paged (block_table set): (num_blocks, page_size, heads_k, ·) — k_stride.batch is the block stride — and
+  //     block_table (batch, block_table_stride) int32: token t of sequence b is row t % page_size of block
+  //     block_table[b * block_table_stride + t / page_size]; seqlen_k = max_blocks * page_size is the capacity.
+  // k_new / v_new (batch, seqlen_new, heads_k, ·), optional, are first written into the cache at positions
+  // cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1 (the caller's cache changes); sequence b then attends its
+  // keys 0 .. L_b - 1, L_b = cache_seqlens[b] + seqlen_new, causal and the window aligned bottom-right to L_b.
+  const int32_t* cache_seqlens = nullptr;
+  const int32_t* block_table = nullptr;
+  int64_t block_table_stride = 0;
+  int64_t max_blocks = 0;
+  int64_t num_blocks = 0;
+  int64_t page_size = 0;
+  const void* k_new = nullptr;
+  const void* v_new = nullptr;
+  BshdStrides k_new_stride, v_new_stride;
+  int64_t seqlen_new = 0;
+  // Key splits per sequence (flash-decoding: partial results merged by their lse): 0 = chosen by the library from the
+  // lengths and the threads / SMs, 1 = none, n = n pieces. Results are bitwise identical for a given value whatever
+  // the thread count; different values agree to float32 rounding.
+  int num_splits = 0;
+
   void* stream = nullptr;  // cudaStream_t for Device::kCuda; ignored on the CPU
   int device_index = -1;   // CUDA device of the tensors (made current for the call); -1 = the current device
   // Device scratch for Device::kCuda, at least attention_workspace_bytes(params) bytes, owned by the caller (no
