@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "flash_params.h"
+#include "lse_merge.h"
 #include "platform.h"
 #include "ptx.cuh"
 
@@ -58,42 +59,50 @@ template <> struct MmaAtom<__nv_bfloat16> {
 };
 
 // ---- the iteration / mask policy -----------------------------------------------------------------------------------
-// One view of a (batch, query head): a residue class of the head's dilation (view query u = query first + u·d,
-// view key t = key r + t·d, an undilated band over them), or the head's global query rows (gathered by position,
-// every key visible). Mirrors SlidingWindowPolicy / ResidueClass of csrc/common/band_policy.h.
+// One view of a (sequence, query head): a residue class of the head's dilation (view query u = query first + u·d,
+// view key t = key r + t·d, an undilated band over them), the head's global query rows (gathered by position, every
+// key visible), or — grouped-query packing, `group` G > 1 — the G query heads of one key/value head side by side
+// (view query u is query u / G of head head0 + u % G). Mirrors SlidingWindowPolicy / ResidueClass of
+// csrc/common/band_policy.h.
 struct ViewPolicy {
   int n_queries, n_keys;
   int first_query, dilation, residue;
   int offset;  // view key position of view query 0
   int left, right;
+  int group, head0;
   bool global_rows;
   const int32_t* global_pos;  // global rows: the positions; residue views: the batch's global keys
   int n_global;
 
-  __device__ int query_pos(int u) const { return global_rows ? global_pos[u] : first_query + u * dilation; }
-  __device__ int lo(int u) const { return left < 0 ? 0 : max(0, u + offset - left); }
-  __device__ int hi(int u) const { return right < 0 ? n_keys - 1 : min(n_keys - 1, u + offset + right); }
+  __device__ int query_pos(int u) const { return global_rows ? global_pos[u] : first_query + (u / group) * dilation; }
+  __device__ int query_head(int u) const { return head0 + u % group; }
+  __device__ int lo(int u) const { return left < 0 ? 0 : max(0, u / group + offset - left); }
+  __device__ int hi(int u) const { return right < 0 ? n_keys - 1 : min(n_keys - 1, u / group + offset + right); }
   __device__ bool in_band(int u, int t) const { return t >= lo(u) && t <= hi(u) && t < n_keys; }
 };
 
-__device__ __forceinline__ ViewPolicy make_view(const FlashFwdParams& p, int b, int h, int slot) {
+// hz: the query head, or with packing the key/value head.
+__device__ __forceinline__ ViewPolicy make_view(const FlashFwdParams& p, const SequenceRows& seq, int b, int hz,
+                                                int slot) {
   ViewPolicy v{};
   const bool has_global = p.global_index != nullptr;
+  v.group = p.group;
+  v.head0 = p.group > 1 ? hz * p.group : hz;
   if (slot == p.residue_slots) {  // the head's global query rows: dense over every key
     v.global_rows = true;
     v.global_pos = p.global_index + int64_t(b) * p.seqlen_k;
     v.n_queries = has_global ? p.global_count[b] : 0;
-    v.n_keys = p.seqlen_k;
+    v.n_keys = seq.n_k;
     v.dilation = 1;
     v.left = v.right = -1;
     v.n_global = 0;
     return v;
   }
-  const int d = p.uniform_dilation > 0 ? p.uniform_dilation : p.dilation[h];
-  const int offset = p.seqlen_k - p.seqlen_q;
+  const int d = p.group > 1 ? 1 : (p.uniform_dilation > 0 ? p.uniform_dilation : p.dilation[hz]);
+  const int offset = seq.n_k - seq.n_q;
   v.global_rows = false;
   v.dilation = d;
-  if (slot >= min(d, p.seqlen_q)) {  // no such class for this head
+  if (slot >= min(d, seq.n_q)) {  // no such class for this head (or an empty sequence)
     v.n_queries = 0;
     return v;
   }
@@ -101,8 +110,8 @@ __device__ __forceinline__ ViewPolicy make_view(const FlashFwdParams& p, int b, 
   const int r = ((slot + offset) % d + d) % d;
   v.residue = r;
   v.first_query = slot;
-  v.n_queries = (p.seqlen_q - 1 - slot) / d + 1;
-  v.n_keys = r < p.seqlen_k ? (p.seqlen_k - 1 - r) / d + 1 : 0;
+  v.n_queries = ((seq.n_q - 1 - slot) / d + 1) * p.group;
+  v.n_keys = r < seq.n_k ? (seq.n_k - 1 - r) / d + 1 : 0;
   v.offset = (slot + offset - r) / d;
   v.left = p.window_left;
   v.right = p.window_right;
@@ -112,8 +121,9 @@ __device__ __forceinline__ ViewPolicy make_view(const FlashFwdParams& p, int b, 
 }
 
 // ---- the kernel ----------------------------------------------------------------------------------------------------
-// grid: x = query tile of the view, y = residue class slot - slot_base (slot residue_slots: the global rows, launched
-// on their own), z = batch * heads_q
+// grid: x = query tiles of the view (the block loops over x, x + gridDim.x, ...: a small grid costs speed, never
+// rows), y = residue class slot - slot_base (slot residue_slots: the global rows, launched on their own) or the key
+// split, z = batch * heads_q / group.
 template <typename Elem, int D>
 __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_constant__ FlashFwdParams p) {
   static_assert(D % 16 == 0 && D <= 256, "head dim: a multiple of 16 up to 256");
@@ -126,177 +136,217 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
   Elem* sK = sQ + kBlockM * kRow;                 // (64, kRow)
   Elem* sV = sK + kBlockN * kRow;                 // (64, kRow)
 
-  const int b = blockIdx.z / p.heads_q, h = blockIdx.z % p.heads_q, hk = h / p.kv_group;
-  const ViewPolicy view = make_view(p, b, h, p.slot_base + blockIdx.y);
-  const int u0 = blockIdx.x * kBlockM;  // first view query of the tile
-  if (u0 >= view.n_queries) return;
-  const int nq = min(kBlockM, view.n_queries - u0);
+  const int heads_z = p.heads_q / p.group;
+  const int b = blockIdx.z / heads_z, hz = blockIdx.z % heads_z;
+  const int hk = p.group > 1 ? hz : hz / p.kv_group;
+  const SequenceRows seq = sequence_rows(p, b);
+  const bool split = p.n_splits > 1;
+  const int split_idx = split ? int(blockIdx.y) : 0;
+  const ViewPolicy view = make_view(p, seq, b, hz, split ? 0 : p.slot_base + int(blockIdx.y));
+  const int key_lo = split ? split_idx * p.split_chunk : 0;
+  const int key_hi = split ? min(view.n_keys, key_lo + p.split_chunk) : view.n_keys;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, tig = lane % 4;  // fragment row group and thread-in-group
-  const Elem* q_head = static_cast<const Elem*>(p.q) + b * p.q_batch + h * p.q_head;
-  const Elem* k_head = static_cast<const Elem*>(p.k) + b * p.k_batch + hk * p.k_head;
-  const Elem* v_head = static_cast<const Elem*>(p.v) + b * p.v_batch + hk * p.v_head;
+  const Elem* q_all = static_cast<const Elem*>(p.q);
+  const Elem* k_all = static_cast<const Elem*>(p.k);
+  const Elem* v_all = static_cast<const Elem*>(p.v);
 
-  // Loads a (64, D) tile whose row i sits at base + pos(i) * stride (rows with pos < 0 are zero-filled).
+  // Loads a (64, D) tile whose row i starts at base + offset_of(i) (rows with offset -1 are zero-filled).
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  auto load_tile = [&](Elem* dst, const Elem* base, int64_t stride, auto pos_of) {
+  auto load_tile = [&](Elem* dst, const Elem* base, auto offset_of) {
     for (int c = tid; c < 64 * kChunks; c += kThreads) {
       const int row = c / kChunks, col = (c % kChunks) * 8;
-      const int pos = pos_of(row);
-      const Elem* src = base + (pos >= 0 ? int64_t(pos) * stride : 0) + col;
-      ptx::cp_async_16(dst + row * kRow + col, src, pos >= 0 ? 16 : 0);  // rows outside: zero-filled
+      const int64_t off = offset_of(row);
+      ptx::cp_async_16(dst + row * kRow + col, base + (off >= 0 ? off : 0) + col, off >= 0 ? 16 : 0);  // zero-filled
     }
   };
 
-  // Q tile, the view's rows
-  load_tile(sQ, q_head, p.q_seq, [&](int row) { return row < nq ? view.query_pos(u0 + row) : -1; });
-  ptx::cp_async_commit();
+  for (int u0 = blockIdx.x * kBlockM; u0 < view.n_queries; u0 += gridDim.x * kBlockM) {
+    const int nq = min(kBlockM, view.n_queries - u0);
+    __syncthreads();  // the previous tile's reads of sQ are done
 
-  float o[kDTiles][4];
-#pragma unroll
-  for (int i = 0; i < kDTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
-  const int ur[2] = {u0 + warp * 16 + g, u0 + warp * 16 + g + 8};  // the view queries of this thread's rows
-
-  // The band's key tiles, then (residue views with global tokens) the global-key tiles.
-  const int t_begin = view.lo(u0), t_end = max(t_begin, view.hi(u0 + nq - 1) + 1);
-  const int n_band_tiles = (t_end - t_begin + kBlockN - 1) / kBlockN;
-  const int n_global_tiles = view.global_rows ? 0 : (view.n_global + kBlockN - 1) / kBlockN;
-
-  for (int tile = 0; tile < n_band_tiles + n_global_tiles; ++tile) {
-    const bool global_tile = tile >= n_band_tiles;
-    const int j0 = global_tile ? (tile - n_band_tiles) * kBlockN : t_begin + tile * kBlockN;
-    // key row position of tile row `row`, or -1 (outside the view)
-    auto key_pos = [&](int row) -> int {
-      if (global_tile) return j0 + row < view.n_global ? view.global_pos[j0 + row] : -1;
-      const int t = j0 + row;
-      return t < t_end ? view.residue + t * view.dilation : -1;
-    };
-    load_tile(sK, k_head, p.k_seq, key_pos);
-    ptx::cp_async_commit();
-    ptx::cp_async_wait_group<0>();
-    __syncthreads();
-    load_tile(sV, v_head, p.v_seq, key_pos);  // overlaps with S = Q·Kᵀ and the softmax
+    // Q tile, the view's rows
+    load_tile(sQ, q_all, [&](int row) -> int64_t {
+      if (row >= nq) return -1;
+      const int u = u0 + row;
+      return q_offset(p, seq, b, view.query_head(u), view.query_pos(u));
+    });
     ptx::cp_async_commit();
 
-    // S (16, 64) = Q (16, D) · Kᵀ for this warp's rows
-    float s[8][4];
+    float o[kDTiles][4];
 #pragma unroll
-    for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    for (int i = 0; i < kDTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
+    const int ur[2] = {u0 + warp * 16 + g, u0 + warp * 16 + g + 8};  // the view queries of this thread's rows
+
+    // The band's key tiles (within the split), then (residue views with global tokens) the global-key tiles.
+    const int t_begin = max(view.lo(u0), key_lo);
+    const int t_end = max(t_begin, min(key_hi, view.hi(u0 + nq - 1) + 1));
+    const int n_band_tiles = (t_end - t_begin + kBlockN - 1) / kBlockN;
+    const int n_global_tiles = view.global_rows ? 0 : (view.n_global + kBlockN - 1) / kBlockN;
+
+    for (int tile = 0; tile < n_band_tiles + n_global_tiles; ++tile) {
+      const bool global_tile = tile >= n_band_tiles;
+      const int j0 = global_tile ? (tile - n_band_tiles) * kBlockN : t_begin + tile * kBlockN;
+      // key position of tile row `row`, or -1 (outside the view)
+      auto key_pos = [&](int row) -> int {
+        if (global_tile) return j0 + row < view.n_global ? view.global_pos[j0 + row] : -1;
+        const int t = j0 + row;
+        return t < t_end ? view.residue + t * view.dilation : -1;
+      };
+      // Key padding: a tile of padding only is skipped (the whole block agrees).
+      if (p.kpm && !__syncthreads_or(tid < kBlockN && key_pos(tid) >= 0 && key_is_real(p, b, key_pos(tid)))) continue;
+      auto kv_rows = [&](int64_t batch_stride, int64_t seq_stride, int64_t head_stride) {
+        return [&, batch_stride, seq_stride, head_stride](int row) -> int64_t {
+          const int pos = key_pos(row);
+          return pos < 0 ? -1 : kv_offset(p, seq, b, hk, pos, batch_stride, seq_stride, head_stride);
+        };
+      };
+      load_tile(sK, k_all, kv_rows(p.k_batch, p.k_seq, p.k_head));
+      ptx::cp_async_commit();
+      ptx::cp_async_wait_group<0>();
+      __syncthreads();
+      load_tile(sV, v_all, kv_rows(p.v_batch, p.v_seq, p.v_head));  // overlaps with S = Q·Kᵀ and the softmax
+      ptx::cp_async_commit();
+
+      // S (16, 64) = Q (16, D) · Kᵀ for this warp's rows
+      float s[8][4];
 #pragma unroll
-    for (int ks = 0; ks < kKSteps; ++ks) {
-      uint32_t a[4];
-      {
-        const int mi = lane / 8, row = warp * 16 + (mi % 2) * 8 + lane % 8, col = ks * 16 + (mi / 2) * 8;
-        ptx::ldmatrix_x4(a, sQ + row * kRow + col);
+      for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks) {
+        uint32_t a[4];
+        {
+          const int mi = lane / 8, row = warp * 16 + (mi % 2) * 8 + lane % 8, col = ks * 16 + (mi / 2) * 8;
+          ptx::ldmatrix_x4(a, sQ + row * kRow + col);
+        }
+#pragma unroll
+        for (int n = 0; n < 8; n += 2) {  // two n-tiles of 8 keys per ldmatrix.x4
+          uint32_t bk[4];
+          const int mi = lane / 8, row = n * 8 + (mi / 2) * 8 + lane % 8, col = ks * 16 + (mi % 2) * 8;
+          ptx::ldmatrix_x4(bk, sK + row * kRow + col);
+          Atom::mma(s[n], a, bk);
+          Atom::mma(s[n + 1], a, bk + 2);
+        }
+      }
+
+      // Scale to log2 units (soft-capped: softcap·log2(e)·tanh(s·scale / softcap)) and mask. Element (row, col) of
+      // n-tile n: row ur[e / 2], key j0 + 8n + 2 tig + e % 2.
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int u = ur[e / 2], col = j0 + n * 8 + tig * 2 + (e % 2);
+          bool visible;
+          int pos;
+          if (global_tile) {
+            // a global key the window already counted is masked here, so it counts once
+            const int idx = col;
+            if (idx >= view.n_global) {
+              visible = false;
+              pos = -1;
+            } else {
+              pos = view.global_pos[idx];
+              const bool in_class = pos % view.dilation == view.residue;
+              visible = !(in_class && view.in_band(u, (pos - view.residue) / view.dilation));
+            }
+          } else {
+            visible = col < t_end && view.in_band(u, col);
+            pos = view.residue + col * view.dilation;
+          }
+          visible = visible && u < view.n_queries && (!p.kpm || key_is_real(p, b, pos));
+          const float x = p.softcap2 > 0.0f ? p.softcap2 * tanhf(s[n][e] * p.softcap_scale) : s[n][e] * p.scale_log2;
+          s[n][e] = visible ? x : -INFINITY;
+        }
+
+      // Online softmax for rows g and g + 8: the 4 threads of a quad share a row.
+      float alpha[2];
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        float mx = m_row[rr];
+#pragma unroll
+        for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * rr], s[n][2 * rr + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float ref = mx == -INFINITY ? 0.0f : mx;  // a row with nothing visible yet stays empty, never NaN
+        alpha[rr] = exp2f(m_row[rr] - ref);
+        float sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          s[n][2 * rr] = exp2f(s[n][2 * rr] - ref);
+          s[n][2 * rr + 1] = exp2f(s[n][2 * rr + 1] - ref);
+          sum += s[n][2 * rr] + s[n][2 * rr + 1];
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        l_row[rr] = l_row[rr] * alpha[rr] + sum;
+        m_row[rr] = mx;
       }
 #pragma unroll
-      for (int n = 0; n < 8; n += 2) {  // two n-tiles of 8 keys per ldmatrix.x4
-        uint32_t bk[4];
-        const int mi = lane / 8, row = n * 8 + (mi / 2) * 8 + lane % 8, col = ks * 16 + (mi % 2) * 8;
-        ptx::ldmatrix_x4(bk, sK + row * kRow + col);
-        Atom::mma(s[n], a, bk);
-        Atom::mma(s[n + 1], a, bk + 2);
+      for (int i = 0; i < kDTiles; ++i) {
+        o[i][0] *= alpha[0];
+        o[i][1] *= alpha[0];
+        o[i][2] *= alpha[1];
+        o[i][3] *= alpha[1];
       }
+
+      ptx::cp_async_wait_group<0>();
+      __syncthreads();
+      // O (16, D) += P (16, 64) · V (64, D); P's fragments are S's accumulators repacked as A operands.
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {  // 16 keys per k-step
+        uint32_t a[4];
+        a[0] = Atom::pack(s[2 * kk][0], s[2 * kk][1]);
+        a[1] = Atom::pack(s[2 * kk][2], s[2 * kk][3]);
+        a[2] = Atom::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        a[3] = Atom::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+        for (int i = 0; i < kDTiles; i += 2) {
+          uint32_t bv[4];
+          const int mi = lane / 8, row = kk * 16 + (mi % 2) * 8 + lane % 8, col = i * 8 + (mi / 2) * 8;
+          ptx::ldmatrix_x4_trans(bv, sV + row * kRow + col);
+          Atom::mma(o[i], a, bv);
+          Atom::mma(o[i + 1], a, bv + 2);
+        }
+      }
+      __syncthreads();  // sK and sV are overwritten by the next tile
     }
 
-    // Scale to log2 units and mask. Element (row, col) of n-tile n: row ur[e / 2], key j0 + 8n + 2 tig + e % 2.
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int u = ur[e / 2], col = j0 + n * 8 + tig * 2 + (e % 2);
-        bool visible;
-        if (global_tile) {
-          // a global key the window already counted is masked here, so it counts once
-          const int idx = col;
-          if (idx >= view.n_global) {
-            visible = false;
-          } else {
-            const int pos = view.global_pos[idx];
-            const bool in_class = pos % view.dilation == view.residue;
-            visible = !(in_class && view.in_band(u, (pos - view.residue) / view.dilation));
-          }
-        } else {
-          visible = col < t_end && view.in_band(u, col);
-        }
-        s[n][e] = visible && u < view.n_queries ? s[n][e] * p.scale_log2 : -INFINITY;
-      }
-
-    // Online softmax for rows g and g + 8: the 4 threads of a quad share a row.
-    float alpha[2];
+    ptx::cp_async_wait_group<0>();  // a tile with no key tile still has its Q copy in flight
+    // Epilogue: out = O / l, lse = ln2 · (m + log2 l), a sink joining the denominator (lse_merge_weights); a row that
+    // saw nothing is exactly 0, even if a tile it shared put 0·Inf = NaN into its O (P·V of a masked key). A global
+    // query's row is written by its global-rows view, not by its residue class. With key splits: the normalised
+    // partial (o, lse) of this split, merged afterwards.
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
-      float mx = m_row[rr];
+      const int u = ur[rr];
+      if (u >= view.n_queries) continue;
+      const int i = view.query_pos(u), h = view.query_head(u);
+      if (!view.global_rows && p.global_tokens && p.global_tokens[b * p.global_batch + i * p.global_seq]) continue;
+      const float lse_part = l_row[rr] == 0.0f ? -INFINITY : 0.6931471805599453f * (m_row[rr] + log2f(l_row[rr]));
+      if (split) {
+        const int64_t prow = ((int64_t(split_idx) * p.batch + b) * p.heads_q + h) * p.seqlen_q + i;
+        const float inv = l_row[rr] == 0.0f ? 0.0f : 1.0f / l_row[rr];
+        float* dst = p.partial_o + prow * p.head_dim_v;
 #pragma unroll
-      for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * rr], s[n][2 * rr + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float ref = mx == -INFINITY ? 0.0f : mx;  // a row with nothing visible yet stays empty, never NaN
-      alpha[rr] = exp2f(m_row[rr] - ref);
-      float sum = 0.0f;
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        s[n][2 * rr] = exp2f(s[n][2 * rr] - ref);
-        s[n][2 * rr + 1] = exp2f(s[n][2 * rr + 1] - ref);
-        sum += s[n][2 * rr] + s[n][2 * rr + 1];
+        for (int n = 0; n < kDTiles; ++n) {
+          dst[n * 8 + tig * 2] = o[n][2 * rr] * inv;
+          dst[n * 8 + tig * 2 + 1] = o[n][2 * rr + 1] * inv;
+        }
+        if (tig == 0) p.partial_lse[prow] = lse_part;
+        continue;
       }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      l_row[rr] = l_row[rr] * alpha[rr] + sum;
-      m_row[rr] = mx;
+      float weight = l_row[rr] == 0.0f ? 0.0f : 1.0f, lse = lse_part;
+      if (p.sinks) lse = lse_merge_weights(&lse_part, 1, true, p.sinks[h], [&](int, float w) { weight = w; });
+      const bool empty = weight == 0.0f;
+      const float inv = empty ? 0.0f : weight / l_row[rr];
+      Elem* row = static_cast<Elem*>(p.out) + o_offset(p, seq, b, h, i);
+#pragma unroll
+      for (int n = 0; n < kDTiles; ++n)
+        Atom::store2(row + n * 8 + tig * 2, empty ? 0.0f : o[n][2 * rr] * inv, empty ? 0.0f : o[n][2 * rr + 1] * inv);
+      if (p.lse && tig == 0) p.lse[lse_offset(p, seq, b, h, i)] = lse;
     }
-#pragma unroll
-    for (int i = 0; i < kDTiles; ++i) {
-      o[i][0] *= alpha[0];
-      o[i][1] *= alpha[0];
-      o[i][2] *= alpha[1];
-      o[i][3] *= alpha[1];
-    }
-
-    ptx::cp_async_wait_group<0>();
-    __syncthreads();
-    // O (16, D) += P (16, 64) · V (64, D); P's fragments are S's accumulators repacked as A operands.
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {  // 16 keys per k-step
-      uint32_t a[4];
-      a[0] = Atom::pack(s[2 * kk][0], s[2 * kk][1]);
-      a[1] = Atom::pack(s[2 * kk][2], s[2 * kk][3]);
-      a[2] = Atom::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      a[3] = Atom::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-      for (int i = 0; i < kDTiles; i += 2) {
-        uint32_t bv[4];
-        const int mi = lane / 8, row = kk * 16 + (mi % 2) * 8 + lane % 8, col = i * 8 + (mi / 2) * 8;
-        ptx::ldmatrix_x4_trans(bv, sV + row * kRow + col);
-        Atom::mma(o[i], a, bv);
-        Atom::mma(o[i + 1], a, bv + 2);
-      }
-    }
-    __syncthreads();  // sK and sV are overwritten by the next tile
-  }
-
-  ptx::cp_async_wait_group<0>();  // a block with no key tile still has its Q copy in flight
-  // Epilogue: out = O / l (0 for a row that saw nothing), lse = ln2 · (m + log2 l). A global query's row is written
-  // by its global-rows view, not by its residue class.
-  Elem* out_head = static_cast<Elem*>(p.out) + b * p.o_batch + h * p.o_head;
-#pragma unroll
-  for (int rr = 0; rr < 2; ++rr) {
-    const int u = ur[rr];
-    if (u >= view.n_queries) continue;
-    const int i = view.query_pos(u);
-    if (!view.global_rows && p.global_tokens && p.global_tokens[b * p.global_batch + i * p.global_seq]) continue;
-    // A row that saw nothing is exactly 0, even if a tile it shared put 0·Inf = NaN into its O (P·V of a masked key)
-    const bool empty = l_row[rr] == 0.0f;
-    const float inv = empty ? 0.0f : 1.0f / l_row[rr];
-    Elem* row = out_head + int64_t(i) * p.o_seq;
-#pragma unroll
-    for (int n = 0; n < kDTiles; ++n)
-      Atom::store2(row + n * 8 + tig * 2, empty ? 0.0f : o[n][2 * rr] * inv, empty ? 0.0f : o[n][2 * rr + 1] * inv);
-    if (p.lse && tig == 0)
-      p.lse[b * p.lse_batch + h * p.lse_head + i] =
-          l_row[rr] == 0.0f ? -INFINITY : 0.6931471805599453f * (m_row[rr] + log2f(l_row[rr]));
   }
 }
 

@@ -58,7 +58,7 @@ CpuIsa parse_isa(const std::string& s) {
 BshdStrides strides3(const std::array<int64_t, 3>& s) { return {s[0], s[1], s[2]}; }
 
 // sizes = (batch, seqlen_q, seqlen_k, heads_q, heads_k, head_dim, head_dim_v); strides in elements (b, s, h).
-void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
+AttentionParams params_from(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
                           const std::string& dtype, const std::string& device, const std::array<int64_t, 7>& sizes,
                           const std::array<int64_t, 3>& q_strides, const std::array<int64_t, 3>& k_strides,
                           const std::array<int64_t, 3>& v_strides, const std::array<int64_t, 3>& out_strides,
@@ -130,7 +130,33 @@ void attention_forward_py(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, 
   p.num_splits = int(kvcache[8]);
   p.k_new_stride = strides3(k_new_strides);
   p.v_new_stride = strides3(v_new_strides);
+  return p;
+}
+
+#define LONGATTN_ATTENTION_ARGS                                                                                     \
+  uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, const std::string &dtype,                    \
+      const std::string &device, const std::array<int64_t, 7> &sizes, const std::array<int64_t, 3> &q_strides,     \
+      const std::array<int64_t, 3> &k_strides, const std::array<int64_t, 3> &v_strides,                            \
+      const std::array<int64_t, 3> &out_strides, const std::array<int64_t, 2> &lse_strides, double scale,         \
+      bool causal, int64_t window_left, int64_t window_right, const std::vector<int64_t> &dilation,               \
+      uintptr_t global_tokens, const std::array<int64_t, 2> &global_strides, uintptr_t stream, uintptr_t workspace, \
+      int64_t workspace_bytes, int device_index, double softcap, uintptr_t sinks, uintptr_t key_padding_mask,      \
+      const std::array<int64_t, 2> &mask_strides, const std::array<int64_t, 4> &varlen,                            \
+      const std::array<int64_t, 9> &kvcache, const std::array<int64_t, 3> &k_new_strides,                          \
+      const std::array<int64_t, 3> &v_new_strides
+#define LONGATTN_ATTENTION_PASS                                                                                    \
+  q, k, v, out, lse, dtype, device, sizes, q_strides, k_strides, v_strides, out_strides, lse_strides, scale, causal, \
+      window_left, window_right, dilation, global_tokens, global_strides, stream, workspace, workspace_bytes,      \
+      device_index, softcap, sinks, key_padding_mask, mask_strides, varlen, kvcache, k_new_strides, v_new_strides
+
+void attention_forward_py(LONGATTN_ATTENTION_ARGS) {
+  const AttentionParams p = params_from(LONGATTN_ATTENTION_PASS);
   run_without_gil([&] { return attention_forward(p); });
+}
+
+// The device scratch bytes the same call needs in `workspace` (CUDA: global-token index, key-split partials).
+int64_t attention_workspace_py(LONGATTN_ATTENTION_ARGS) {
+  return attention_workspace_bytes(params_from(LONGATTN_ATTENTION_PASS));
 }
 
 // sizes = (batch, seqlen, heads, head_dim, head_dim_v); options = (n_hashes, n_buckets, chunk_length, chunks_before,
@@ -179,28 +205,18 @@ void lsh_attention_forward_py(uintptr_t qk, uintptr_t v, uintptr_t out, uintptr_
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "longattn kernels (torch-free; pointers, sizes and strides in, status out)";
-  m.def("attention_forward", &attention_forward_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
-        py::arg("lse"), py::arg("dtype"), py::arg("device"), py::arg("sizes"), py::arg("q_strides"),
-        py::arg("k_strides"), py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"),
-        py::arg("scale"), py::arg("causal"), py::arg("window_left"), py::arg("window_right"),
-        py::arg("dilation"), py::arg("global_tokens"), py::arg("global_strides"), py::arg("stream"),
-        py::arg("workspace") = 0, py::arg("workspace_bytes") = 0, py::arg("device_index") = -1,
-        py::arg("softcap") = 0.0, py::arg("sinks") = 0, py::arg("key_padding_mask") = 0,
-        py::arg("mask_strides") = std::array<int64_t, 2>{0, 0}, py::arg("varlen") = std::array<int64_t, 4>{},
-        py::arg("kvcache") = std::array<int64_t, 9>{}, py::arg("k_new_strides") = std::array<int64_t, 3>{},
-        py::arg("v_new_strides") = std::array<int64_t, 3>{});
-  m.def(
-      "workspace_bytes",
-      [](const std::string& device, int64_t batch, int64_t seqlen_k, bool global_tokens) {
-        AttentionParams p;
-        p.device = parse_device(device);
-        p.batch = batch;
-        p.seqlen_k = seqlen_k;
-        static const uint8_t any = 1;
-        p.global_tokens = global_tokens ? &any : nullptr;
-        return attention_workspace_bytes(p);
-      },
-      py::arg("device"), py::arg("batch"), py::arg("seqlen_k"), py::arg("global_tokens"));
+#define LONGATTN_ATTENTION_PYARGS                                                                                   \
+  py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("dtype"), py::arg("device"),      \
+      py::arg("sizes"), py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"), py::arg("out_strides"),    \
+      py::arg("lse_strides"), py::arg("scale"), py::arg("causal"), py::arg("window_left"), py::arg("window_right"),   \
+      py::arg("dilation"), py::arg("global_tokens"), py::arg("global_strides"), py::arg("stream"),                   \
+      py::arg("workspace") = 0, py::arg("workspace_bytes") = 0, py::arg("device_index") = -1,                        \
+      py::arg("softcap") = 0.0, py::arg("sinks") = 0, py::arg("key_padding_mask") = 0,                               \
+      py::arg("mask_strides") = std::array<int64_t, 2>{0, 0}, py::arg("varlen") = std::array<int64_t, 4>{},        \
+      py::arg("kvcache") = std::array<int64_t, 9>{}, py::arg("k_new_strides") = std::array<int64_t, 3>{},         \
+      py::arg("v_new_strides") = std::array<int64_t, 3>{}
+  m.def("attention_forward", &attention_forward_py, LONGATTN_ATTENTION_PYARGS);
+  m.def("attention_workspace_bytes", &attention_workspace_py, LONGATTN_ATTENTION_PYARGS);
   m.def("lsh_attention_forward", &lsh_attention_forward_py, py::arg("qk"), py::arg("v"), py::arg("out"),
         py::arg("lse"), py::arg("dtype"), py::arg("device"), py::arg("sizes"), py::arg("qk_strides"),
         py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"), py::arg("options"), py::arg("causal"),

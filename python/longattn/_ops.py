@@ -49,21 +49,23 @@ def _run(backend, q, k, v, out, lse, sizes, q_strides, k_strides, v_strides, out
          window_left, window_right, dilation=(), global_tokens=None, softcap=0.0, sinks=None, key_padding_mask=None,
          varlen=(0, 0, 0, 0), kvcache=(0,) * 9, k_new_strides=(0, 0, 0), v_new_strides=(0, 0, 0)):
     """One call of the C++ core (every attention operation but LSH); tensors already checked and laid out."""
-    B, Sk = sizes[0], sizes[2]
     g_ptr, g_strides = 0, (0, 0)
-    workspace = None
     if global_tokens is not None:
         g_ptr, g_strides = global_tokens.data_ptr(), (global_tokens.stride(0), global_tokens.stride(1))
-        n = _C.workspace_bytes(backend, B, Sk, True)
-        if n:  # device scratch from torch's allocator (no cudaMalloc in the kernel call; graph capture safe)
-            workspace = torch.empty(n, dtype=torch.uint8, device=q.device)
     m_strides = (0, 0) if key_padding_mask is None else (key_padding_mask.stride(0), key_padding_mask.stride(1))
-    _C.attention_forward(
-        q.data_ptr(), _ptr(k), _ptr(v), out.data_ptr(), _ptr(lse), str(q.dtype).removeprefix("torch."), backend,
-        sizes, q_strides, k_strides, v_strides, out_strides, lse_strides, scale, causal, window_left, window_right,
-        list(dilation), g_ptr, g_strides, _stream_handle(q.device, backend), _ptr(workspace),
-        0 if workspace is None else workspace.numel(), _device_index(q.device, backend), softcap, _ptr(sinks),
-        _ptr(key_padding_mask), m_strides, varlen, kvcache, k_new_strides, v_new_strides)
+    args = [q.data_ptr(), _ptr(k), _ptr(v), out.data_ptr(), _ptr(lse), str(q.dtype).removeprefix("torch."), backend,
+            sizes, q_strides, k_strides, v_strides, out_strides, lse_strides, scale, causal, window_left, window_right,
+            list(dilation), g_ptr, g_strides, _stream_handle(q.device, backend), 0, 0, _device_index(q.device, backend),
+            softcap, _ptr(sinks), _ptr(key_padding_mask), m_strides, varlen, kvcache, k_new_strides, v_new_strides]
+    workspace = None
+    if _backend.is_cuda_like(backend):
+        # device scratch (global-token index, key-split partials) from torch's allocator: no cudaMalloc inside the
+        # call, so CUDA-graph capture works
+        n = _C.attention_workspace_bytes(*args)
+        if n:
+            workspace = torch.empty(n, dtype=torch.uint8, device=q.device)
+            args[21], args[22] = workspace.data_ptr(), n
+    _C.attention_forward(*args)
 
 
 @torch.library.custom_op("longattn::attention_fwd", mutates_args=())
