@@ -86,17 +86,24 @@ LONGATTN_ALWAYS_INLINE void decode_scores(const typename Elem<T>::Storage* const
   constexpr int W = Vec::kWidth;
   Reg acc[W];
   for (int i = 0; i < W; ++i) acc[i] = Vec::zero();
+  // Per head-dim vector: the KB key vectors and the NC query vectors are each loaded once, KB · NC FMAs.
   int64_t d = 0;
-  for (; d + W <= D; d += W)
-    for (int key = 0; key < KB; ++key) {
-      const Reg kv = load_chunk<T>(rows[key] + d);
-      for (int c = 0; c < NC; ++c) acc[key * NC + c] = Vec::fmadd(kv, Vec::load(q + c * d_pad + d), acc[key * NC + c]);
+  for (; d + W <= D; d += W) {
+    Reg kv[KB];
+    for (int key = 0; key < KB; ++key) kv[key] = load_chunk<T>(rows[key] + d);
+    for (int c = 0; c < NC; ++c) {
+      const Reg qv = Vec::load(q + c * d_pad + d);
+      for (int key = 0; key < KB; ++key) acc[key * NC + c] = Vec::fmadd(kv[key], qv, acc[key * NC + c]);
     }
-  if (d < D)
-    for (int key = 0; key < KB; ++key) {
-      const Reg kv = load_tail<T>(rows[key] + d, D - d, tail);
-      for (int c = 0; c < NC; ++c) acc[key * NC + c] = Vec::fmadd(kv, Vec::load(q + c * d_pad + d), acc[key * NC + c]);
+  }
+  if (d < D) {
+    Reg kv[KB];
+    for (int key = 0; key < KB; ++key) kv[key] = load_tail<T>(rows[key] + d, D - d, tail);
+    for (int c = 0; c < NC; ++c) {
+      const Reg qv = Vec::load(q + c * d_pad + d);
+      for (int key = 0; key < KB; ++key) acc[key * NC + c] = Vec::fmadd(kv[key], qv, acc[key * NC + c]);
     }
+  }
   alignas(64) float sums[W];
   Vec::store(sums, Vec::sum_lanes(acc));  // lane key·NC + c
   for (int key = 0; key < KB; ++key)
@@ -215,28 +222,35 @@ void decode_item_nc(const CallPlan& plan, const WorkItem& item, float* ws) {
   }
 
   // Steps of keys small enough that a step's rows, every head of the item, stay in L2 while each head reads its part.
-  // Consecutive keys of a (B, S, H, D) cache, or of a cache page, are consecutive rows: the hardware prefetchers
-  // stream them, no software prefetch is needed (it would cost an instruction per cache line).
+  // A step's row addresses (head 0) are found once for all heads; the pass of head hk prefetches head hk's part of
+  // the next step's rows, so the prefetches are spread over the step and land one step ahead of their use.
+  const S* k_base[2][kDecodeBlock];  // [step parity][key]: head 0 of each key row, this step and the next
+  const S* v_base[2][kDecodeBlock];
   const S* k_rows[kDecodeBlock];
   const S* v_rows[kDecodeBlock];
   const int64_t row_bytes = (h_hi - h_lo) * (D + Dv) * int64_t(sizeof(S));
   const int64_t step = std::clamp<int64_t>(kDecodeStepBytes / row_bytes / W * W, W, kDecodeBlock);
-  for (int64_t j0 = k_begin; j0 < k_end; j0 += step) {
-    const int64_t nk = std::min<int64_t>(step, k_end - j0);
-    // The next step's rows: a touch of each row's first line of the item's heads starts the page's stream.
-    for (int64_t j = j0 + step; j < std::min(k_end, j0 + 2 * step); ++j) {
-      const S* kr = row_of(p.k, p.k_stride, j) + h_lo * p.k_stride.head;
-      const S* vr = row_of(p.v, p.v_stride, j) + h_lo * p.v_stride.head;
-      for (int64_t at = 0; at < row_bytes / 2; at += 1024) {
-        __builtin_prefetch(reinterpret_cast<const char*>(kr) + at, 0, 2);
-        __builtin_prefetch(reinterpret_cast<const char*>(vr) + at, 0, 2);
-      }
+  const auto find_rows = [&](int64_t j0, int64_t n, int parity) {
+    for (int64_t j = 0; j < n; ++j) {
+      k_base[parity][j] = row_of(p.k, p.k_stride, j0 + j);
+      v_base[parity][j] = row_of(p.v, p.v_stride, j0 + j);
     }
+  };
+  if (k_begin < k_end) find_rows(k_begin, std::min<int64_t>(step, k_end - k_begin), 0);
+  int parity = 0;
+  for (int64_t j0 = k_begin; j0 < k_end; j0 += step, parity ^= 1) {
+    const int64_t nk = std::min<int64_t>(step, k_end - j0);
+    const int64_t next0 = j0 + step, n_next = std::max<int64_t>(0, std::min<int64_t>(step, k_end - next0));
+    find_rows(next0, n_next, parity ^ 1);
     for (int64_t hk = h_lo; hk < h_hi; ++hk) {
       const int64_t hh = hk - h_lo;
+      for (int64_t j = 0; j < n_next; ++j) {
+        prefetch_row(k_base[parity ^ 1][j] + hk * p.k_stride.head, D * int64_t(sizeof(S)));
+        prefetch_row(v_base[parity ^ 1][j] + hk * p.v_stride.head, Dv * int64_t(sizeof(S)));
+      }
       for (int64_t j = 0; j < nk; ++j) {
-        k_rows[j] = row_of(p.k, p.k_stride, j0 + j) + hk * p.k_stride.head;
-        v_rows[j] = row_of(p.v, p.v_stride, j0 + j) + hk * p.v_stride.head;
+        k_rows[j] = k_base[parity][j] + hk * p.k_stride.head;
+        v_rows[j] = v_base[parity][j] + hk * p.v_stride.head;
       }
       decode_block_scores<T, NC>(k_rows, nk, ws + lay.q + hh * NC * lay.d_pad, D, lay.d_pad, tail, s);
       float* m = ws + lay.m + hh * NC;

@@ -63,6 +63,29 @@ def naive_bshd(q, k, v, causal: bool):
     return (scores.softmax(-1) @ vh).transpose(1, 2)
 
 
+def host_line() -> str:
+    """The host this run measured: CPU model, usable cores and the vector / matrix features that decide which kernel
+    paths run (printed with every benchmark table: the CPU differs from machine to machine)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown CPU":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_fp16", "amx_tile",
+              "amx_bf16", "amx_fp16"]
+    have = [f for f in wanted if f in flags]
+    missing = [f for f in wanted if f not in flags]
+    import os
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"host: {model}, {cores} usable cores; CPU flags: {' '.join(have) or '-'}"
+            f"{'; absent: ' + ' '.join(missing) if missing else ''}")
+
+
 def first_line(e: BaseException) -> str:
     """One line saying why a peer failed, for benchmark reports."""
     text = f"{type(e).__name__}: {e}".strip().splitlines()
