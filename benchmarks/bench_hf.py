@@ -7,7 +7,8 @@
 - LongformerModel (4 layers, hidden 512, 8 heads, attention_window 512), one sequence of S tokens, two global
   tokens: unmodified vs accelerate(model).
 - ReformerModel with transformers' default ReformerConfig (hidden 256, 2 heads of 64, 1 hash, buckets chosen by
-  the model, chunk 64) made of 6 LSH layers, the same with its default local/LSH alternation, and a wider model
+  the model, chunk 64) made of 6 LSH layers (1 hash, and 4 hashes as Reformer's papers use for accuracy), the same
+  with its default local/LSH alternation, and a wider model
   (4 LSH layers, hidden 512, 8 heads, 2 hashes, 64 buckets, feed-forward 2048): unmodified vs accelerate(model).
 
 Whole forward passes under torch.inference_mode(), random weights (no downloads), median of interleaved
@@ -90,6 +91,7 @@ def reformer_rows(S, reps):
     big = dict(attention_head_size=64, num_attention_heads=8, hidden_size=512, num_hashes=2, num_buckets=64,
                feed_forward_size=2048)
     for label, cfg in ((f"Reformer defaults, 6 LSH layers, S{S}", dict(attn_layers=["lsh"] * 6)),
+                       (f"same, 4 hashes, S{S}", dict(attn_layers=["lsh"] * 6, num_hashes=4)),
                        (f"Reformer defaults (local/LSH), S{S}", dict()),
                        (f"Reformer 4 LSH h512 8 heads, S{S}", dict(attn_layers=["lsh"] * 4, **big))):
         cfg = hf.ReformerConfig(**defaults, **cfg)
