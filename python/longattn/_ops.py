@@ -1,6 +1,9 @@
 """The torch custom ops: allocate outputs, pass pointers and strides to longattn._C, register fake kernels.
 
-Registered with torch.library.custom_op, so torch.compile(fullgraph=True) treats each call as one opaque node.
+Each operation is a torch operator (torch.ops.longattn.*), so torch.compile(fullgraph=True) treats each call as one
+opaque node. They are registered through torch.library's low-level API (a schema, CPU and CUDA kernels, a fake
+kernel that also serves meta tensors, and an autograd kernel that refuses gradients): torch.library.custom_op
+would wrap every kernel in a guard whose first call imports torch._dynamo, about a second of cold start.
 """
 
 from __future__ import annotations
@@ -41,6 +44,44 @@ def _device_index(device: torch.device, backend: str) -> int:
     return device.index if backend == "cuda" and device.index is not None else -1
 
 
+_LIB = torch.library.Library("longattn", "DEF")  # the namespace; must stay alive as long as the ops
+
+
+def _refuse_grad(op_name: str, mutated: tuple[int, ...]):
+    """The autograd kernel: no backward exists yet, so inputs that need a gradient are an error, not a result
+    silently detached from the graph; otherwise the call goes on below autograd (bumping the version counters of
+    arguments mutated in place, as autograd expects)."""
+    def kernel(*args):
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            raise NotImplementedError(
+                f"longattn::{op_name}: longattn has no backward pass yet: call it under torch.no_grad() / "
+                "torch.inference_mode(), or on tensors that do not require grad")
+        with torch._C._AutoDispatchBelowAutograd():
+            result = getattr(torch.ops.longattn, op_name).default(*args)
+        for i in mutated:
+            torch.autograd.graph.increment_version(args[i])
+        return result
+    return kernel
+
+
+def _operator(schema: str, fake, mutated: tuple[int, ...] = ()):
+    """Defines longattn::<name> by `schema`, with the decorated function as its CPU and CUDA kernel and `fake` as its
+    fake (and meta) kernel; returns the operator. `mutated`: positions of arguments the kernel writes in place
+    (marked `(a!)` in the schema)."""
+    def define(kernel):
+        name = schema[:schema.index("(")]
+        _LIB.define(schema)
+        _LIB.impl(name, kernel, "CPU")
+        _LIB.impl(name, kernel, "CUDA")
+        _LIB.impl(name, fake, "Meta")
+        _LIB.impl(name, _refuse_grad(name, mutated), "Autograd")
+        torch.library.register_fake(f"longattn::{name}", fake, lib=_LIB)
+        op = getattr(torch.ops.longattn, name).default
+        op.__doc__ = kernel.__doc__
+        return op
+    return define
+
+
 def _ptr(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
@@ -68,14 +109,24 @@ def _run(backend, q, k, v, out, lse, sizes, q_strides, k_strides, v_strides, out
     _C.attention_forward(*args)
 
 
-@torch.library.custom_op("longattn::attention_fwd", mutates_args=())
+def _attention_fake(q, k, v, scale, causal, window_left, window_right, dilation, global_tokens, need_lse, softcap,
+                    sinks, key_padding_mask):
+    B, Sq, Hq, _ = q.shape
+    out = q.new_empty((B, Sq, Hq, v.shape[3]))
+    lse = q.new_empty((B, Hq, Sq) if need_lse else (0,), dtype=torch.float32)
+    return out, lse
+
+
+@_operator("attention_fwd(Tensor q, Tensor k, Tensor v, float scale, bool causal, SymInt window_left, "
+           "SymInt window_right, SymInt[] dilation, Tensor? global_tokens, bool need_lse, float softcap, "
+           "Tensor? sinks, Tensor? key_padding_mask) -> (Tensor, Tensor)", _attention_fake)
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
                   window_left: int, window_right: int, dilation: list[int],
                   global_tokens: Optional[torch.Tensor], need_lse: bool, softcap: float,
                   sinks: Optional[torch.Tensor],
                   key_padding_mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense / causal / sliding-window attention forward (SPEC §1, §2 and the shared options), arguments already
-    validated; sinks float32 (Hq,), key_padding_mask bool (B, Sk).
+    """Dense / causal / sliding-window attention forward (docs/semantics.md: attention, sliding_window_attention and
+    the shared options), arguments already validated; sinks float32 (Hq,), key_padding_mask bool (B, Sk).
 
     dilation: [] for 1, else one int per query head. global_tokens: None or bool (B, Sk) with Sq == Sk.
     Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq) float32), lse an empty (0,) tensor unless need_lse (the kernel
@@ -100,22 +151,22 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     return out, lse
 
 
-@attention_fwd.register_fake
-def _(q, k, v, scale, causal, window_left, window_right, dilation, global_tokens, need_lse, softcap, sinks,
-      key_padding_mask):
-    B, Sq, Hq, _ = q.shape
-    out = q.new_empty((B, Sq, Hq, v.shape[3]))
-    lse = q.new_empty((B, Hq, Sq) if need_lse else (0,), dtype=torch.float32)
+def _varlen_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal, window_left,
+                 window_right, softcap, sinks, need_lse):
+    out = q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
+    lse = q.new_empty((q.shape[1], q.shape[0]) if need_lse else (0,), dtype=torch.float32)
     return out, lse
 
 
-@torch.library.custom_op("longattn::varlen_attention_fwd", mutates_args=())
+@_operator("varlen_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
+           "SymInt max_seqlen_q, SymInt max_seqlen_k, float scale, bool causal, SymInt window_left, "
+           "SymInt window_right, float softcap, Tensor? sinks, bool need_lse) -> (Tensor, Tensor)", _varlen_fake)
 def varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                          cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, scale: float,
                          causal: bool, window_left: int, window_right: int, softcap: float,
                          sinks: Optional[torch.Tensor], need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Variable-length batch forward (SPEC §4), arguments already validated. Returns (out (total_q, Hq, Dv),
-    lse (Hq, total_q) float32, or an empty (0,) tensor unless need_lse)."""
+    """Variable-length batch forward (docs/semantics.md: varlen_attention), arguments already validated.
+    Returns (out (total_q, Hq, Dv), lse (Hq, total_q) float32, or an empty (0,) tensor unless need_lse)."""
     total_q, Hq, D = q.shape
     total_k, Hk, Dv = k.shape[0], k.shape[1], v.shape[2]
     B = cu_seqlens_q.shape[0] - 1
@@ -133,22 +184,25 @@ def varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_s
     return out, lse
 
 
-@varlen_attention_fwd.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal, window_left, window_right,
-      softcap, sinks, need_lse):
-    out = q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
-    lse = q.new_empty((q.shape[1], q.shape[0]) if need_lse else (0,), dtype=torch.float32)
+def _kvcache_fake(q, k_cache, v_cache, cache_seqlens, k, v, block_table, scale, causal, window_left, window_right,
+                  softcap, sinks, num_splits, need_lse):
+    B, Sq, Hq, _ = q.shape
+    out = q.new_empty((B, Sq, Hq, v_cache.shape[3]))
+    lse = q.new_empty((B, Hq, Sq) if need_lse else (0,), dtype=torch.float32)
     return out, lse
 
 
-@torch.library.custom_op("longattn::attention_with_kvcache_fwd", mutates_args=("k_cache", "v_cache"))
+@_operator("attention_with_kvcache_fwd(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_seqlens, "
+           "Tensor? k, Tensor? v, Tensor? block_table, float scale, bool causal, SymInt window_left, "
+           "SymInt window_right, float softcap, Tensor? sinks, SymInt num_splits, bool need_lse) -> (Tensor, Tensor)",
+           _kvcache_fake, mutated=(1, 2))
 def attention_with_kvcache_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                cache_seqlens: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
                                block_table: Optional[torch.Tensor], scale: float, causal: bool, window_left: int,
                                window_right: int, softcap: float, sinks: Optional[torch.Tensor], num_splits: int,
                                need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """KV-cache decoding forward (SPEC §5), arguments already validated: k, v (new tokens) are appended to the caches
-    in place, then attended. Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq) float32 or an empty (0,) tensor)."""
+    """KV-cache decoding forward (docs/semantics.md: attention_with_kvcache), arguments already validated: k, v (new
+    tokens) are appended to the caches in place, then attended. Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq) float32 or an empty (0,) tensor)."""
     B, Sq, Hq, D = q.shape
     Hk, Dv = k_cache.shape[2], v_cache.shape[3]
     backend = _backend.of(q)
@@ -174,22 +228,24 @@ def attention_with_kvcache_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     return out, lse
 
 
-@attention_with_kvcache_fwd.register_fake
-def _(q, k_cache, v_cache, cache_seqlens, k, v, block_table, scale, causal, window_left, window_right, softcap,
-      sinks, num_splits, need_lse):
-    B, Sq, Hq, _ = q.shape
-    out = q.new_empty((B, Sq, Hq, v_cache.shape[3]))
-    lse = q.new_empty((B, Hq, Sq) if need_lse else (0,), dtype=torch.float32)
-    return out, lse
+def _lsh_fake(qk, v, n_hashes, n_buckets, chunk_length, chunks_before, chunks_after, causal, rotations, buckets,
+              key_padding_mask, return_buckets):
+    B, S, H, _ = qk.shape
+    out = qk.new_empty((B, S, H, v.shape[3]))
+    lse = qk.new_empty((B, H, S), dtype=torch.float32)
+    buckets_out = qk.new_empty((B, H, n_hashes, S) if return_buckets else (0,), dtype=torch.int64)
+    return out, lse, buckets_out
 
 
-@torch.library.custom_op("longattn::lsh_attention_fwd", mutates_args=())
+@_operator("lsh_attention_fwd(Tensor qk, Tensor v, SymInt n_hashes, SymInt n_buckets, SymInt chunk_length, "
+           "SymInt chunks_before, SymInt chunks_after, bool causal, Tensor? rotations, Tensor? buckets, "
+           "Tensor? key_padding_mask, bool return_buckets) -> (Tensor, Tensor, Tensor)", _lsh_fake)
 def lsh_attention_fwd(qk: torch.Tensor, v: torch.Tensor, n_hashes: int, n_buckets: int, chunk_length: int,
                       chunks_before: int, chunks_after: int, causal: bool, rotations: Optional[torch.Tensor],
                       buckets: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
                       return_buckets: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """LSH attention forward (SPEC §3), arguments already validated; rotations float32 and buckets int64 are
-    contiguous. Returns (out (B, S, H, Dv), lse (B, H, S) float32, buckets (B, H, n_hashes, S) int64, or an empty
+    """LSH attention forward (docs/semantics.md: lsh_attention), arguments already validated; rotations float32 and
+    buckets int64 are contiguous. Returns (out (B, S, H, Dv), lse (B, H, S) float32, buckets (B, H, n_hashes, S) int64, or an empty
     (0,) tensor unless return_buckets)."""
     B, S, H, D = qk.shape
     Dv = v.shape[3]
@@ -209,14 +265,4 @@ def lsh_attention_fwd(qk: torch.Tensor, v: torch.Tensor, n_hashes: int, n_bucket
         (lse.stride(0), lse.stride(1)), (n_hashes, n_buckets, chunk_length, chunks_before, chunks_after), causal,
         0 if rotations is None else rotations.data_ptr(), 0 if buckets is None else buckets.data_ptr(),
         buckets_out.data_ptr() if return_buckets else 0, m_ptr, m_strides, _stream_handle(qk.device, backend))
-    return out, lse, buckets_out
-
-
-@lsh_attention_fwd.register_fake
-def _(qk, v, n_hashes, n_buckets, chunk_length, chunks_before, chunks_after, causal, rotations, buckets,
-      key_padding_mask, return_buckets):
-    B, S, H, _ = qk.shape
-    out = qk.new_empty((B, S, H, v.shape[3]))
-    lse = qk.new_empty((B, H, S), dtype=torch.float32)
-    buckets_out = qk.new_empty((B, H, n_hashes, S) if return_buckets else (0,), dtype=torch.int64)
     return out, lse, buckets_out
