@@ -2,7 +2,9 @@
 // Python layer passes them through verbatim for anything it did not already reject.
 #include <cmath>
 #include <sstream>
+#include <initializer_list>
 #include <tuple>
+#include <utility>
 
 #include "longattn/longattn.h"
 
@@ -14,6 +16,21 @@ std::string cat(const Parts&... parts) {
   std::ostringstream os;
   (os << ... << parts);
   return os.str();
+}
+
+// Every stride the kernels step by must be >= 0: a negative one would walk before the tensor's first element, where
+// the bounds the kernels keep assume it starts (torch tensors never have negative strides; a C++ caller could).
+Status check_strides(std::initializer_list<std::pair<const char*, int64_t>> strides) {
+  for (const auto& [name, value] : strides)
+    if (value < 0)
+      return Status::Invalid(cat(name, ": got the negative stride ", value, "; longattn takes strides >= 0 (a "
+                                 "reversed view must be copied first)"));
+  return Status::Ok();
+}
+
+Status check_bshd_strides(const char* name, const BshdStrides& s) {
+  const std::string b = std::string(name) + ".batch", q = std::string(name) + ".seq", h = std::string(name) + ".head";
+  return check_strides({{b.c_str(), s.batch}, {q.c_str(), s.seq}, {h.c_str(), s.head}});
 }
 
 }  // namespace
@@ -28,6 +45,18 @@ Status check_params(const AttentionParams& p) {
       {"heads_k", p.heads_k}, {"head_dim", p.head_dim}, {"head_dim_v", p.head_dim_v}};
   for (const auto& s : sizes)
     if (s.value < 0) return Status::Invalid(cat(s.name, ": got ", s.value, ", expected a size >= 0"));
+  for (const auto& [name, strides] : {std::pair<const char*, const BshdStrides&>{"q_stride", p.q_stride},
+                                      {"k_stride", p.k_stride}, {"v_stride", p.v_stride},
+                                      {"out_stride", p.out_stride}, {"k_new_stride", p.k_new_stride},
+                                      {"v_new_stride", p.v_new_stride}})
+    if (Status st = check_bshd_strides(name, strides); !st.ok()) return st;
+  if (Status st = check_strides({{"lse_batch_stride", p.lse_batch_stride}, {"lse_head_stride", p.lse_head_stride},
+                                 {"global_batch_stride", p.global_batch_stride},
+                                 {"global_seq_stride", p.global_seq_stride},
+                                 {"mask_batch_stride", p.mask_batch_stride}, {"mask_seq_stride", p.mask_seq_stride},
+                                 {"block_table_stride", p.block_table_stride}});
+      !st.ok())
+    return st;
   if (p.heads_q < 1 || p.heads_k < 1 || p.heads_q % p.heads_k != 0)
     return Status::Invalid(cat("heads: got heads_q=", p.heads_q, " and heads_k=", p.heads_k,
                                ", expected heads_k >= 1 dividing heads_q (grouped-query attention)"));
@@ -81,7 +110,7 @@ Status check_params(const AttentionParams& p) {
                                    "page_size = ", p.max_blocks * p.page_size));
     }
   }
-  // Values inside index tensors: checked when they are host memory (SPEC: CUDA kernels bound every access instead).
+  // Values inside index tensors: checked when they are host memory (on CUDA the kernels bound every access instead).
   if (p.device == Device::kCpu && varlen) {
     for (const auto& [name, cu, total, hint] : {std::tuple{"cu_seqlens_q", p.cu_seqlens_q, p.total_q, p.seqlen_q},
                                                 std::tuple{"cu_seqlens_k", p.cu_seqlens_k, p.total_k, p.seqlen_k}}) {
@@ -135,6 +164,13 @@ Status check_lsh_params(const LshAttentionParams& p) {
                                                                {"head_dim_v", p.head_dim_v}};
   for (const auto& s : sizes)
     if (s.value < 0) return Status::Invalid(cat(s.name, ": got ", s.value, ", expected a size >= 0"));
+  for (const auto& [name, strides] : {std::pair<const char*, const BshdStrides&>{"qk_stride", p.qk_stride},
+                                      {"v_stride", p.v_stride}, {"out_stride", p.out_stride}})
+    if (Status st = check_bshd_strides(name, strides); !st.ok()) return st;
+  if (Status st = check_strides({{"lse_batch_stride", p.lse_batch_stride}, {"lse_head_stride", p.lse_head_stride},
+                                 {"mask_batch_stride", p.mask_batch_stride}, {"mask_seq_stride", p.mask_seq_stride}});
+      !st.ok())
+    return st;
   if (p.device == Device::kCpu) {
     if (p.head_dim < 1 || p.head_dim > 256)
       return Status::Unsupported(cat("head_dim: got ", p.head_dim, ", the CPU backend supports 1..256"));

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "cpu_backend.h"
@@ -35,13 +36,22 @@ bool cpu_has(CpuIsa isa) {
   return false;
 }
 
-CpuIsa initial_isa() {
-  CpuIsa isa = best_cpu_isa();
-  if (const char* env = std::getenv("LONGATTN_CPU_ISA")) {
-    for (CpuIsa c : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512})
-      if (std::strcmp(env, cpu_isa_name(c)) == 0 && cpu_has(c)) isa = c;
-  }
-  return isa;
+// LONGATTN_CPU_ISA when it names an ISA this build and CPU can run; else the best one, and `problem` says why.
+CpuIsa initial_isa(std::string* problem = nullptr) {
+  const CpuIsa best = best_cpu_isa();
+  const char* env = std::getenv("LONGATTN_CPU_ISA");
+  if (!env || !*env) return best;  // unset or empty
+  const std::string using_best = std::string(": ignored, using ") + cpu_isa_name(best) + " (the best this CPU runs)";
+  for (CpuIsa c : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512})
+    if (std::strcmp(env, cpu_isa_name(c)) == 0) {
+      if (cpu_has(c)) return c;
+      if (problem) *problem = "LONGATTN_CPU_ISA='" + std::string(env) + "': this CPU or build cannot run it" + using_best;
+      return best;
+    }
+  if (problem)
+    *problem = "LONGATTN_CPU_ISA='" + std::string(env) + "' is not one of scalar, avx2, avx512 (exactly, lower case)" +
+               using_best;
+  return best;
 }
 
 std::atomic<int>& active_isa_slot() {
@@ -152,6 +162,16 @@ Status set_num_threads(int n) {
     return Status::Invalid("num_threads: got " + std::to_string(n) + ", expected 1..1024");
   cpu::ThreadPool::instance().set_num_threads(n);
   return Status::Ok();
+}
+
+const char* environment_warnings() {
+  static const std::string warnings = [] {
+    std::string isa_problem;
+    cpu::initial_isa(&isa_problem);
+    const std::string threads_problem = cpu::num_threads_env_problem();
+    return isa_problem + (!isa_problem.empty() && !threads_problem.empty() ? "\n" : "") + threads_problem;
+  }();
+  return warnings.c_str();
 }
 
 }  // namespace longattn

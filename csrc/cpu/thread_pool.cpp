@@ -6,6 +6,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <memory>
+#include <string>
+#include <thread>
 
 namespace longattn::cpu {
 namespace {
@@ -27,14 +29,7 @@ struct Workspace {
 };
 thread_local Workspace tls_workspace;
 
-}  // namespace
-
-int default_num_threads() {
-  if (const char* env = std::getenv("LONGATTN_NUM_THREADS")) {
-    char* end = nullptr;
-    const long n = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && n >= 1 && n <= 1024) return int(n);
-  }
+int usable_cpus() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) {
     const int n = CPU_COUNT(&set);
@@ -42,6 +37,29 @@ int default_num_threads() {
   }
   const unsigned hw = std::thread::hardware_concurrency();
   return hw ? int(hw) : 1;
+}
+
+// LONGATTN_NUM_THREADS as a count 1..1024, or 0 when unset or unusable.
+int env_num_threads() {
+  const char* env = std::getenv("LONGATTN_NUM_THREADS");
+  if (!env || !*env) return 0;  // unset or empty
+  char* end = nullptr;
+  const long n = std::strtol(env, &end, 10);
+  return end != env && *end == '\0' && n >= 1 && n <= 1024 ? int(n) : 0;
+}
+
+}  // namespace
+
+int default_num_threads() {
+  const int n = env_num_threads();
+  return n ? n : usable_cpus();
+}
+
+std::string num_threads_env_problem() {
+  const char* env = std::getenv("LONGATTN_NUM_THREADS");
+  if (!env || !*env || env_num_threads()) return "";
+  return "LONGATTN_NUM_THREADS='" + std::string(env) + "' is not an integer from 1 to 1024: ignored, using " +
+         std::to_string(usable_cpus()) + " threads (the CPUs this process may run on)";
 }
 
 ThreadPool& ThreadPool::instance() {

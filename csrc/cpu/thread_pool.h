@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -54,5 +55,7 @@ class ThreadPool {
 
 // Default thread count: LONGATTN_NUM_THREADS if set and valid, else the CPUs this process may run on.
 int default_num_threads();
+// Why LONGATTN_NUM_THREADS is ignored (set, but not an integer 1..1024), or "".
+std::string num_threads_env_problem();
 
 }  // namespace longattn::cpu

@@ -62,6 +62,17 @@ Status cuda_error(const char* what, cudaError_t e) {
   return {StatusCode::kInternal, std::string(what) + ": " + cudaGetErrorString(e)};
 }
 
+// No device, no driver, or a driver this build cannot use: a fact about the machine, not a bug in longattn.
+Status device_error(const char* what, cudaError_t e) {
+  const bool no_usable_device = e == cudaErrorNoDevice || e == cudaErrorInvalidDevice ||
+                                e == cudaErrorInsufficientDriver || e == cudaErrorInitializationError ||
+                                e == cudaErrorDevicesUnavailable || e == cudaErrorSystemNotReady ||
+                                e == cudaErrorSystemDriverMismatch || e == cudaErrorCompatNotSupportedOnDevice;
+  if (!no_usable_device) return cuda_error(what, e);
+  return Status::Unsupported(std::string(what) + ": no usable CUDA device on this machine (" +
+                             cudaGetErrorString(e) + "); use CPU tensors, or check the GPU and its driver");
+}
+
 // Grouped-query packing: the query heads of a key/value head share each key tile, unless per-head dilation or global
 // tokens give them different keys.
 int packing_group(const AttentionParams& p) {
@@ -110,13 +121,13 @@ int64_t workspace_bytes(const AttentionParams& p) { return WorkspaceLayout(p).to
 
 Status attention_forward(const AttentionParams& p) {
   const DeviceGuard guard(p.device_index);
-  if (guard.status != cudaSuccess) return cuda_error("device_index: could not make the inputs' device current",
-                                                     guard.status);
+  if (guard.status != cudaSuccess) return device_error("device_index: could not make the inputs' device current",
+                                                       guard.status);
   int device = 0, major = 0, minor = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  if (e != cudaSuccess) return cuda_error("device: could not query the current CUDA device", e);
+  if (e != cudaSuccess) return device_error("device: could not query the current CUDA device", e);
   if (major < 8)
     return Status::Unsupported("device: compute capability " + std::to_string(major) + "." + std::to_string(minor) +
                                " is not supported; longattn's CUDA kernels need 8.0 or newer (" + kSupported + ")");

@@ -224,6 +224,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("mask_strides"), py::arg("stream"));
   m.def("version", &version);
   m.def("num_threads", &num_threads);
+  m.def("environment_warnings", [] { return std::string(environment_warnings()); });
   m.def("set_num_threads", [](int n) { raise_if_error(set_num_threads(n)); });
   m.def("cpu_isa", [] { return std::string(cpu_isa_name(active_cpu_isa())); });
   m.def("best_cpu_isa", [] { return std::string(cpu_isa_name(best_cpu_isa())); });

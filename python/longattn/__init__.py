@@ -1,22 +1,28 @@
 """longattn: long-sequence attention kernels (tiled dense, sliding-window, bucketed-LSH) for CPU and CUDA.
 
 The public functions validate their arguments, then call one torch custom op each (see _ops.py), which hands raw
-pointers and strides to the torch-free C++ core (longattn._C). Semantics: docs/semantics.md and SPEC.md.
+pointers and strides to the torch-free C++ core (longattn._C). Semantics: docs/semantics.md.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
 from . import _C, testing
 from ._ops import attention_fwd, attention_with_kvcache_fwd, lsh_attention_fwd, varlen_attention_fwd
 from ._validate import (check_bool, check_buckets, check_dilation, check_global_tokens, check_int, check_kvcache,
-                        check_key_padding_mask, check_no_grad, check_qk_v, check_qkv, check_rotations, check_sinks,
-                        check_softcap, check_varlen, check_window, resolve_scale)
+                        check_key_padding_mask, check_no_grad, check_qk_v, check_qkv, check_rotation_size,
+                        check_rotations, check_seed, check_sinks, check_softcap, check_varlen, check_window,
+                        resolve_scale)
 
 __version__ = _C.version()
+
+# LONGATTN_CPU_ISA / LONGATTN_NUM_THREADS set to something unusable are ignored by the core: say so, once
+for _problem in filter(None, _C.environment_warnings().split("\n")):
+    warnings.warn(_problem, RuntimeWarning, stacklevel=2)
 
 __all__ = ["attention", "sliding_window_attention", "varlen_attention", "attention_with_kvcache", "lsh_attention",
            "lsh_rotations", "set_num_threads", "get_num_threads", "capabilities", "__version__"]
@@ -32,7 +38,7 @@ def _serving_options(q, k, softcap, sinks, key_padding_mask):
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, scale: float | None = None,
               softcap: float = 0.0, sinks: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None,
               return_lse: bool = False):
-    """Exact softmax(scale · q kᵀ) v without materialising the score matrix (SPEC §1).
+    """Exact softmax(scale · q kᵀ) v without materialising the score matrix (docs/semantics.md).
 
     q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv); Hq % Hk == 0 (GQA/MQA); any strides with a unit last
     stride (other layouts are copied once). float32, float16, bfloat16; accumulation in float32.
@@ -58,7 +64,7 @@ def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                              causal: bool = False, dilation=1, global_tokens: torch.Tensor | None = None,
                              scale: float | None = None, softcap: float = 0.0, sinks: torch.Tensor | None = None,
                              key_padding_mask: torch.Tensor | None = None, return_lse: bool = False):
-    """Local attention with Longformer's dilation and global tokens, O(S · window) (SPEC §2).
+    """Local attention with Longformer's dilation and global tokens, O(S · window) (docs/semantics.md).
 
     window=(left, right), both inclusive (the full window holds left + right + 1 keys), -1 = unbounded on that
     side; a single int is rejected. Query i sits at key position p = i + (Sk - Sq) and attends key j iff
@@ -88,7 +94,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
                      cu_seqlens_k: torch.Tensor, *, max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
                      causal: bool = False, window: tuple[int, int] = (-1, -1), softcap: float = 0.0,
                      sinks: torch.Tensor | None = None, scale: float | None = None, return_lse: bool = False):
-    """Attention over a batch of sequences of different lengths, packed without padding (SPEC §4; FlashAttention's
+    """Attention over a batch of sequences of different lengths, packed without padding (FlashAttention's
     flash_attn_varlen_func convention).
 
     q (total_q, Hq, D), k (total_k, Hk, D), v (total_k, Hk, Dv): the sequences one after another. cu_seqlens_q,
@@ -120,7 +126,7 @@ def attention_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            window: tuple[int, int] = (-1, -1), softcap: float = 0.0,
                            sinks: torch.Tensor | None = None, scale: float | None = None, num_splits: int = 0,
                            return_lse: bool = False):
-    """Decoding against a KV cache (SPEC §5; FlashAttention's flash_attn_with_kvcache convention).
+    """Decoding against a KV cache (docs/semantics.md; FlashAttention's flash_attn_with_kvcache convention).
 
     q (B, Sq, Hq, D): usually Sq = 1 (decode) or a few (speculative decoding, chunked prefill). The cache:
     contiguous k_cache (B, S_cache, Hk, D), v_cache (B, S_cache, Hk, Dv); or paged, k_cache (num_blocks,
@@ -155,7 +161,11 @@ def lsh_rotations(heads: int, head_dim: int, n_hashes: int, n_buckets: int, *, s
     With `seed`, a private generator seeded with it (the global RNG is untouched); these are the numbers Hugging
     Face's LSHSelfAttention draws after `torch.manual_seed(hash_seed)` (float32 models). Without, the global RNG.
     """
+    seed = check_seed(seed)
+    check_rotation_size(heads, head_dim, n_hashes, n_buckets)
     shape = (heads, head_dim, n_hashes, n_buckets // 2)
+    if device is not None and torch.device(device).type == "meta":   # shapes only: nothing to draw
+        return torch.empty(shape, dtype=torch.float32, device=device)
     if seed is None:
         return torch.randn(shape, dtype=torch.float32, device=device)
     generator = torch.Generator(device=device or "cpu").manual_seed(seed)
@@ -167,7 +177,7 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int, n_buckets
                   rotations: torch.Tensor | None = None, seed: int | None = None, buckets: torch.Tensor | None = None,
                   key_padding_mask: torch.Tensor | None = None, return_lse: bool = False,
                   return_buckets: bool = False):
-    """Reformer's shared-QK bucketed-LSH attention (SPEC §3); reproduces Hugging Face LSHSelfAttention.
+    """Reformer's shared-QK bucketed-LSH attention (docs/semantics.md); reproduces Hugging Face LSHSelfAttention.
 
     qk (B, S, H, D) is both query and key, v (B, S, H, Dv); S a multiple of chunk_length (pad, and mark the
     padding in key_padding_mask (B, S) bool, True = real token), or S <= chunk_length (then no hashing: one round of
@@ -195,8 +205,7 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int, n_buckets
         padded = -(-S // chunk_length) * chunk_length
         raise ValueError(f"seq: got S = {S}, not a multiple of chunk_length = {chunk_length}; pad qk and v to "
                          f"S = {padded} and pass key_padding_mask (B, S) with False on the padding")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed: expected None or an int, got {seed!r} ({type(seed).__name__})")
+    seed = check_seed(seed)
     if buckets is not None and (rotations is not None or seed is not None):
         raise ValueError("buckets: given together with rotations or seed; buckets skip hashing, so give one of "
                          "buckets, rotations, seed")
@@ -206,6 +215,7 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int, n_buckets
     if buckets is not None:
         buckets = check_buckets(buckets, B, H, S, n_hashes, n_buckets, qk.device)
     elif S > chunk_length or return_buckets:  # hashing needed
+        check_rotation_size(H, D, n_hashes, n_buckets)
         if rotations is None:
             rotations = lsh_rotations(H, D, n_hashes, n_buckets, seed=seed, device=qk.device)
         rotations = check_rotations(rotations, H, D, n_hashes, n_buckets, qk.device)
@@ -243,6 +253,8 @@ def capabilities() -> dict:
         "cpu_isa_compiled": [isa for isa in ("scalar", "avx2", "avx512") if _C.cpu_isa_supported(isa)],
         "threads": _C.num_threads(),
         "threads_env": os.environ.get("LONGATTN_NUM_THREADS"),
+        "cpu_isa_env": os.environ.get("LONGATTN_CPU_ISA"),
+        "environment_warnings": [w for w in _C.environment_warnings().split("\n") if w],
         "cuda_toolkit_at_build": bool(_C.cuda_toolkit_at_build),
         "cuda_kernels_built": bool(_C.cuda_kernels_built),
         "cuda_archs": list(_C.cuda_archs),

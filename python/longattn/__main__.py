@@ -15,9 +15,14 @@ def report() -> None:
     caps = longattn.capabilities()
     print("longattn capability report")
     print(f"  version              {caps['longattn']} (torch {caps['torch']})")
+    isa_env = caps["cpu_isa_env"]
     print(f"  CPU kernels          {caps['cpu_isa_active']} active; compiled and usable here: "
-          f"{', '.join(caps['cpu_isa_compiled'])}")
-    print(f"  CPU threads          {caps['threads']} (LONGATTN_NUM_THREADS={caps['threads_env'] or 'unset'})")
+          f"{', '.join(caps['cpu_isa_compiled'])}" + (f" (LONGATTN_CPU_ISA={isa_env!r})" if isa_env else ""))
+    threads_env = caps["threads_env"]
+    print(f"  CPU threads          {caps['threads']}" + (f" (LONGATTN_NUM_THREADS={threads_env!r})" if threads_env
+                                                         else " (LONGATTN_NUM_THREADS unset: the usable cores)"))
+    for problem in caps["environment_warnings"]:
+        print(f"  warning              {problem}")
     print(f"  CUDA kernels         {'built' if caps['cuda_kernels_built'] else 'not built (no nvcc at build time)'}; "
           f"archs: {', '.join(caps['cuda_archs']) or '-'}")
     emulator = ("built (longattn.testing.cuda_emulator(): the CUDA kernels on the CPU, for tests; memory checker "
@@ -70,11 +75,24 @@ def quick_window_benchmark(seqlens, reps: int, device: str, half: int = 256) -> 
                   f"| {t_sdpa * 1e3:12.2f} {t_sdpa / t_win:7.2f}x | {t_dense * 1e3:8.2f} {t_dense / t_win:7.2f}x")
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m longattn", description=__doc__)
-    parser.add_argument("--seqlens", type=int, nargs="+", default=[1024, 4096])
-    parser.add_argument("--window-seqlens", type=int, nargs="+", default=[4096, 8192])
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--seqlens", type=positive_int, nargs="+", default=[1024, 4096], metavar="S",
+                        help="sequence lengths of the dense benchmark (default: 1024 4096)")
+    parser.add_argument("--window-seqlens", type=positive_int, nargs="+", default=[4096, 8192], metavar="S",
+                        help="sequence lengths of the sliding-window benchmark (default: 4096 8192)")
+    parser.add_argument("--reps", type=positive_int, default=5, metavar="N",
+                        help="timed repetitions per case, after one warm-up; the median is shown (default: 5)")
     parser.add_argument("--no-bench", action="store_true", help="only print the capability report")
     args = parser.parse_args()
     report()

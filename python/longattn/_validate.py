@@ -11,6 +11,12 @@ from . import _backend
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CPU_HEAD_DIMS = range(1, 257)
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+MAX_WINDOW = 2**31 - 1       # window bounds and dilations: positions j = i ± bound · dilation stay within int64
+MAX_SEED = 2**64 - 1         # seeds are what torch.Generator.manual_seed takes without wrapping: 0 .. 2^64 - 1
+MAX_ROTATION_BYTES = 1 << 32  # rotations (heads, head_dim, n_hashes, n_buckets / 2) float32: at most 4 GiB
+# Meta tensors (shapes only) follow the CPU rules and are served by the fake kernels.
+SHAPE_ONLY_BACKENDS = ("cpu", "meta")
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -33,8 +39,9 @@ def resolve_scale(scale, head_dim: int) -> float:
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale: expected None or a real number, got {scale!r} ({type(scale).__name__})")
     scale = float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale: got {scale}, expected a finite number (or None for 1/sqrt(head_dim))")
+    if not math.isfinite(scale) or abs(scale) > FLOAT32_MAX:
+        raise ValueError(f"scale: got {scale}, expected a finite number within float32's range (|scale| <= "
+                         f"{FLOAT32_MAX:.4g}; kernels compute in float32), or None for 1/sqrt(head_dim)")
     return scale
 
 
@@ -56,7 +63,7 @@ def check_bshd_tensor(name: str, t) -> None:
 
 
 def check_qkv(q, k, v) -> None:
-    """SPEC common conventions: q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv)."""
+    """docs/semantics.md conventions: q (B, Sq, Hq, D), k (B, Sk, Hk, D), v (B, Sk, Hk, Dv)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_bshd_tensor(name, t)
     if not (q.dtype == k.dtype == v.dtype):
@@ -76,14 +83,14 @@ def check_qkv(q, k, v) -> None:
     if q.shape[3] != k.shape[3]:
         raise ValueError(f"head_dim: q and k must share dim 3, got q {_shape(q)}, k {_shape(k)}")
     backend = _backend.of(q)
-    if backend == "cpu":
+    if backend in SHAPE_ONLY_BACKENDS:
         for name, d in (("head_dim", q.shape[3]), ("head_dim of v", v.shape[3])):
             if d not in CPU_HEAD_DIMS:
                 raise ValueError(f"{name}: got {d}; the CPU backend supports head dims 1..256")
     elif _backend.is_cuda_like(backend):
         check_cuda_support(q.dtype, q.shape[3], v.shape[3], backend)
     else:
-        raise ValueError(f"device: got {q.device}; supported devices: cpu, cuda")
+        raise ValueError(f"device: got {q.device}; supported devices: cpu, cuda (and meta, for shapes)")
 
 
 CUDA_TENSOR_CORE_HEAD_DIMS = (32, 64, 96, 128, 256)
@@ -109,7 +116,7 @@ def _is_int(x) -> bool:
 
 
 def check_window(window, causal: bool) -> tuple[int, int]:
-    """SPEC §2: window=(left, right), both inclusive, -1 unbounded; causal=True is right = 0."""
+    """docs/semantics.md: window=(left, right), both inclusive, -1 unbounded; causal=True is right = 0."""
     if _is_int(window):
         raise ValueError(f"window: got the single number {window!r}; expected a (left, right) pair of ints, "
                          f"inclusive bounds, e.g. ({window}, {window}) for {window} keys on each side or "
@@ -119,8 +126,9 @@ def check_window(window, causal: bool) -> tuple[int, int]:
     for side, x in zip(("left", "right"), window):
         if not _is_int(x):
             raise TypeError(f"window: the {side} bound is {x!r} ({type(x).__name__}); expected an int")
-        if x < -1:
-            raise ValueError(f"window: the {side} bound is {x}; expected an int >= 0, or -1 for unbounded")
+        if x < -1 or x > MAX_WINDOW:
+            raise ValueError(f"window: the {side} bound is {x}; expected an int from 0 to 2^31 - 1 = {MAX_WINDOW}, "
+                             "or -1 for unbounded (any bound at least the sequence length is unbounded)")
     left, right = int(window[0]), int(window[1])
     if causal and right > 0:
         raise ValueError(f"window: got right = {right} with causal=True; causal means right = 0: pass "
@@ -132,8 +140,9 @@ def check_dilation(dilation, heads_q: int) -> list[int]:
     """An int >= 1 for all heads, or a sequence of one int >= 1 per query head. Returns [] for all ones."""
     if _is_int(dilation):
         values = [int(dilation)] * heads_q
-        if dilation < 1:
-            raise ValueError(f"dilation: got {dilation}; expected an int >= 1 (or one int >= 1 per query head)")
+        if dilation < 1 or dilation > MAX_WINDOW:
+            raise ValueError(f"dilation: got {dilation}; expected an int from 1 to 2^31 - 1 (or one such int per "
+                             "query head)")
     elif isinstance(dilation, (tuple, list)):
         if len(dilation) != heads_q:
             raise ValueError(f"dilation: got {len(dilation)} values {list(dilation)!r}; expected one per query "
@@ -142,8 +151,8 @@ def check_dilation(dilation, heads_q: int) -> list[int]:
             if not _is_int(x):
                 raise TypeError(f"dilation: the value for query head {h} is {x!r} ({type(x).__name__}); "
                                 "expected an int")
-            if x < 1:
-                raise ValueError(f"dilation: got {x} for query head {h}; expected an int >= 1")
+            if x < 1 or x > MAX_WINDOW:
+                raise ValueError(f"dilation: got {x} for query head {h}; expected an int from 1 to 2^31 - 1")
         values = [int(x) for x in dilation]
     else:
         raise TypeError(f"dilation: got {dilation!r} ({type(dilation).__name__}); expected an int >= 1 or a "
@@ -179,7 +188,7 @@ def check_int(name: str, value, minimum: int, maximum: int | None = None, what: 
 
 
 def check_qk_v(qk, v) -> None:
-    """SPEC §3: qk (B, S, H, D), v (B, S, H, Dv), one dtype and device."""
+    """docs/semantics.md: qk (B, S, H, D), v (B, S, H, Dv), one dtype and device."""
     for name, t in (("qk", qk), ("v", v)):
         check_bshd_tensor(name, t)
     if qk.dtype != v.dtype:
@@ -189,7 +198,7 @@ def check_qk_v(qk, v) -> None:
     if tuple(qk.shape[:3]) != tuple(v.shape[:3]):
         raise ValueError(f"qk, v: expected the same (batch, seq, heads), got qk {_shape(qk)}, v {_shape(v)} "
                          "(LSH attention shares one qk per head: no grouped-query heads)")
-    if _backend.of(qk) == "cpu":
+    if _backend.of(qk) in SHAPE_ONLY_BACKENDS:
         for name, d in (("head_dim", qk.shape[3]), ("head_dim of v", v.shape[3])):
             if d not in CPU_HEAD_DIMS:
                 raise ValueError(f"{name}: got {d}; the CPU backend supports head dims 1..256")
@@ -197,7 +206,7 @@ def check_qk_v(qk, v) -> None:
         raise ValueError("device: got a CUDA tensor (or a CPU tensor inside longattn.testing.cuda_emulator()), but "
                          "lsh_attention has no CUDA kernels yet; supported devices: cpu")
     else:
-        raise ValueError(f"device: got {qk.device}; supported devices: cpu")
+        raise ValueError(f"device: got {qk.device}; supported devices: cpu (and meta, for shapes)")
 
 
 def check_rotations(rotations, heads: int, head_dim: int, n_hashes: int, n_buckets: int, device):
@@ -223,7 +232,7 @@ def check_buckets(buckets, batch: int, heads: int, seqlen: int, n_hashes: int, n
         raise ValueError(f"buckets: dtype {buckets.dtype}; expected an integer tensor")
     if buckets.device != device:
         raise ValueError(f"buckets: on {buckets.device}; expected the inputs' device {device}")
-    if buckets.numel():
+    if buckets.numel() and buckets.device.type == "cpu":   # values: checked where that needs no device sync
         lo, hi = int(buckets.min()), int(buckets.max())
         if lo < 0 or hi > n_buckets:
             raise ValueError(f"buckets: values range over {lo}..{hi}; expected 0..{n_buckets - 1} (and {n_buckets} "
@@ -245,14 +254,15 @@ def check_key_padding_mask(mask, batch: int, seqlen: int, device):
     return mask
 
 
-# ---- options for serving (softcap, sinks), variable-length batches (SPEC §4) and KV caches (SPEC §5) --------------
+# ---- options for serving (softcap, sinks), variable-length batches and KV caches --------------------------
 
 def check_softcap(softcap) -> float:
     if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
         raise TypeError(f"softcap: expected a real number, got {softcap!r} ({type(softcap).__name__})")
     softcap = float(softcap)
-    if not math.isfinite(softcap) or softcap < 0:
-        raise ValueError(f"softcap: got {softcap}, expected a finite number >= 0 (0 = no soft-capping)")
+    if not math.isfinite(softcap) or softcap < 0 or softcap > FLOAT32_MAX:
+        raise ValueError(f"softcap: got {softcap}, expected a finite number from 0 (no soft-capping) to float32's "
+                         f"largest, {FLOAT32_MAX:.4g}")
     return softcap
 
 
@@ -287,14 +297,14 @@ def _check_packed(name: str, t, what: str) -> None:
 
 def _check_head_dims(t_q, t_v, backend: str) -> None:
     D, Dv = t_q.shape[-1], t_v.shape[-1]
-    if backend == "cpu":
+    if backend in SHAPE_ONLY_BACKENDS:
         for name, d in (("head_dim", D), ("head_dim of v", Dv)):
             if d not in CPU_HEAD_DIMS:
                 raise ValueError(f"{name}: got {d}; the CPU backend supports head dims 1..256")
     elif _backend.is_cuda_like(backend):
         check_cuda_support(t_q.dtype, D, Dv, backend)
     else:
-        raise ValueError(f"device: got {t_q.device}; supported devices: cpu, cuda")
+        raise ValueError(f"device: got {t_q.device}; supported devices: cpu, cuda (and meta, for shapes)")
 
 
 def _check_heads(hq: int, hk: int) -> None:
@@ -304,7 +314,7 @@ def _check_heads(hq: int, hk: int) -> None:
 
 
 def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-    """SPEC §4. Returns (batch, max_seqlen_q, max_seqlen_k) with the hints resolved (None: computed, which on CUDA
+    """varlen_attention. Returns (batch, max_seqlen_q, max_seqlen_k), the hints resolved (None: computed, which on CUDA
     reads the offsets back to the host)."""
     _check_packed("q", q, "(total_q, heads_q, head_dim)")
     _check_packed("k", k, "(total_k, heads_k, head_dim)")
@@ -332,18 +342,18 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
                              "each per sequence, plus one")
         batch = cu.shape[0] - 1
     # The offsets' values (start, order, end, hints) are checked by the C++ core for CPU tensors, inside the op, so
-    # they are checked under torch.compile too; on CUDA the kernels bound every access instead (SPEC).
+    # they are checked under torch.compile too; on CUDA the kernels bound every access instead (docs/semantics.md).
     hints = []
     for name, hint, cu in (("max_seqlen_q", max_seqlen_q, cu_seqlens_q), ("max_seqlen_k", max_seqlen_k, cu_seqlens_k)):
         if hint is None:  # computed: reads the offsets (a device-to-host copy on CUDA; give the hints to avoid it)
-            hints.append(int((cu[1:] - cu[:-1]).max()) if batch > 0 else 0)
+            hints.append(int((cu[1:] - cu[:-1]).max()) if batch > 0 and cu.device.type != "meta" else 0)
         else:
             hints.append(check_int(name, hint, 0))
     return batch, hints[0], hints[1]
 
 
 def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, block_table, num_splits):
-    """SPEC §5. Returns (cache_seqlens as an int32 tensor, seqlen_new, capacity, paged)."""
+    """docs/semantics.md. Returns (cache_seqlens as an int32 tensor, seqlen_new, capacity, paged)."""
     check_bshd_tensor("q", q)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         check_bshd_tensor(name, t)
@@ -405,3 +415,24 @@ def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, block_table, num_spl
     # before anything is written, inside the op (so under torch.compile too); CUDA kernels bound every access instead.
     num_splits = check_int("num_splits", num_splits, 0, 64, " (0 = chosen by the library, 1 = no split)")
     return cache_seqlens, seqlen_new, capacity, paged, num_splits
+
+
+def check_seed(seed) -> int | None:
+    """None, or an int 0 .. 2^64 - 1 (torch.Generator.manual_seed's range)."""
+    if seed is None:
+        return None
+    if not _is_int(seed):
+        raise TypeError(f"seed: expected None or an int, got {seed!r} ({type(seed).__name__})")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed: got {seed}; expected an int from 0 to 2^64 - 1")
+    return int(seed)
+
+
+def check_rotation_size(heads: int, head_dim: int, n_hashes: int, n_buckets: int) -> None:
+    """Hashing holds (heads, head_dim, n_hashes, n_buckets / 2) float32 rotations (and a transposed copy): refuse
+    sizes that would ask the allocator for more than MAX_ROTATION_BYTES before anything is drawn."""
+    nbytes = 4 * heads * head_dim * n_hashes * (n_buckets // 2)
+    if nbytes > MAX_ROTATION_BYTES:
+        raise ValueError(f"n_buckets: {n_buckets} buckets x {n_hashes} hashes for {heads} heads of dim {head_dim} "
+                         f"need {nbytes / 2**30:.1f} GiB of rotations (limit {MAX_ROTATION_BYTES / 2**30:.0f} GiB); "
+                         "use fewer buckets, or hash elsewhere and pass buckets=")

@@ -4,9 +4,17 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <ostream>
 #include <vector>
 
 #include "longattn/longattn.h"
+
+namespace longattn {
+
+// GoogleTest prints parameters through PrintTo, found next to the type: an ISA by its name, not as a number.
+inline void PrintTo(CpuIsa isa, std::ostream* os) { *os << cpu_isa_name(isa); }
+
+}  // namespace longattn
 
 namespace longattn::testing {
 
@@ -15,7 +23,7 @@ inline void naive_attention(const AttentionParams& p, const std::vector<float>& 
                             const std::vector<float>& v, std::vector<double>* out, std::vector<double>* lse) {
   const int64_t B = p.batch, Sq = p.seqlen_q, Sk = p.seqlen_k, Hq = p.heads_q, Hk = p.heads_k;
   const int64_t D = p.head_dim, Dv = p.head_dim_v;
-  // SPEC §2 written out, independent of the engine's policy objects.
+  // docs/semantics.md written out, independent of the engine's policy objects.
   const int64_t left = p.window_left, right = p.causal ? 0 : p.window_right;
   const auto visible = [&](int64_t b, int64_t h, int64_t i, int64_t j) {
     if (p.global_tokens && (p.global_tokens[b * p.global_batch_stride + j * p.global_seq_stride] ||

@@ -21,6 +21,20 @@ struct Case {
   std::vector<std::pair<int64_t, int64_t>> global = {};  // (batch, position) of each global token
 };
 
+// A readable name for a case: its test name, and what GoogleTest prints for GetParam() (not a byte dump).
+std::string describe(const Case& c) {
+  std::string name = "b" + std::to_string(c.batch) + "_sq" + std::to_string(c.seqlen_q) + "_sk" +
+                     std::to_string(c.seqlen_k) + "_h" + std::to_string(c.heads_q) + "x" + std::to_string(c.heads_k) +
+                     "_d" + std::to_string(c.head_dim) + "x" + std::to_string(c.head_dim_v) +
+                     (c.causal ? "_causal" : "");
+  if (c.left >= 0 || c.right >= 0) name += "_win" + std::to_string(c.left + 1) + "_" + std::to_string(c.right + 1);
+  if (!c.dilation.empty()) name += "_dil" + std::to_string(c.dilation.back());
+  if (!c.global.empty()) name += "_global" + std::to_string(c.global.size());
+  return name;
+}
+
+void PrintTo(const Case& c, std::ostream* os) { *os << describe(c); }
+
 struct Inputs {
   std::vector<float> q, k, v;
   std::vector<uint8_t> global;  // (batch, seqlen_k) bytes, empty = none
@@ -142,17 +156,8 @@ INSTANTIATE_TEST_SUITE_P(Sweep, AttentionVsReference,
                          ::testing::Combine(::testing::ValuesIn(kCases),
                                             ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512)),
                          [](const ::testing::TestParamInfo<std::tuple<Case, CpuIsa>>& info) {
-                           const Case& c = std::get<0>(info.param);
-                           std::string name = std::string(cpu_isa_name(std::get<1>(info.param))) + "_b" +
-                                              std::to_string(c.batch) + "_sq" + std::to_string(c.seqlen_q) + "_sk" +
-                                              std::to_string(c.seqlen_k) + "_h" + std::to_string(c.heads_q) + "x" +
-                                              std::to_string(c.heads_k) + "_d" + std::to_string(c.head_dim) + "x" +
-                                              std::to_string(c.head_dim_v) + (c.causal ? "_causal" : "");
-                           if (c.left >= 0 || c.right >= 0)
-                             name += "_win" + std::to_string(c.left + 1) + "_" + std::to_string(c.right + 1);
-                           if (!c.dilation.empty()) name += "_dil" + std::to_string(c.dilation.back());
-                           if (!c.global.empty()) name += "_global" + std::to_string(c.global.size());
-                           return name + "_" + std::to_string(info.index);
+                           return std::string(cpu_isa_name(std::get<1>(info.param))) + "_" +
+                                  describe(std::get<0>(info.param)) + "_" + std::to_string(info.index);
                          });
 
 TEST(Attention, BitwiseIdenticalAcrossThreadCounts) {
@@ -220,6 +225,23 @@ TEST(Attention, RejectsBadParams) {
   EXPECT_EQ(attention_forward(p).code, StatusCode::kInvalidArgument);
   p.batch = 0;  // empty: nothing to write, so no buffer needed
   EXPECT_TRUE(attention_forward(p).ok());
+}
+
+TEST(Attention, RejectsNegativeStridesNamingThem) {
+  const Case c{1, 4, 4, 2, 2, 8, 8, false};
+  const Inputs in = random_inputs(c, 1);
+  std::vector<float> out, lse;
+  AttentionParams p = make_params(c, in, &out, &lse);
+  ASSERT_TRUE(attention_forward(p).ok());
+  p.k_stride.seq = -p.k_stride.seq;  // a reversed view: would read before k's first row
+  Status st = attention_forward(p);
+  EXPECT_EQ(st.code, StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message.find("k_stride.seq"), std::string::npos) << st.message;
+  p.k_stride.seq = -p.k_stride.seq;
+  p.lse_head_stride = -1;
+  st = attention_forward(p);
+  EXPECT_EQ(st.code, StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message.find("lse_head_stride"), std::string::npos) << st.message;
 }
 
 TEST(Attention, NoKeysWritesZeroAndMinusInf) {

@@ -1,4 +1,4 @@
-// lsh_attention_forward (SPEC §3) through the C++ API against a naive double-precision implementation written from
+// lsh_attention_forward through the C++ API against a naive double-precision implementation written from
 // the spec: std::stable_sort for the bucket sort, explicit loops for the chunks, masks and round combination.
 #include <gtest/gtest.h>
 
@@ -6,9 +6,12 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "longattn/longattn.h"
+#include "reference.h"
 
 namespace longattn {
 namespace {
@@ -17,6 +20,17 @@ struct LshCase {
   int64_t batch, seqlen, heads, head_dim, head_dim_v, n_hashes, n_buckets, chunk, before, after;
   bool causal, padding;
 };
+
+// A readable name for a case: its test name, and what GoogleTest prints for GetParam() (not a byte dump).
+std::string describe(const LshCase& c) {
+  return "b" + std::to_string(c.batch) + "_s" + std::to_string(c.seqlen) + "_h" + std::to_string(c.heads) + "_d" +
+         std::to_string(c.head_dim) + "x" + std::to_string(c.head_dim_v) + "_hashes" + std::to_string(c.n_hashes) +
+         "_buckets" + std::to_string(c.n_buckets) + "_chunk" + std::to_string(c.chunk) + "_" +
+         std::to_string(c.before) + "back" + std::to_string(c.after) + "ahead" + (c.causal ? "_causal" : "") +
+         (c.padding ? "_padding" : "");
+}
+
+void PrintTo(const LshCase& c, std::ostream* os) { *os << describe(c); }
 
 struct LshData {
   std::vector<float> qk, v, rotations;
@@ -193,7 +207,11 @@ const LshCase kLshCases[] = {
 
 INSTANTIATE_TEST_SUITE_P(Sweep, LshVsNaive,
                          ::testing::Combine(::testing::ValuesIn(kLshCases),
-                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512)));
+                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512)),
+                         [](const ::testing::TestParamInfo<std::tuple<LshCase, CpuIsa>>& info) {
+                           return std::string(cpu_isa_name(std::get<1>(info.param))) + "_" +
+                                  describe(std::get<0>(info.param)) + "_" + std::to_string(info.index);
+                         });
 
 TEST(Lsh, RejectsBadParams) {
   const LshCase c{1, 64, 1, 8, 8, 1, 4, 32, 1, 0, false, false};
@@ -218,6 +236,10 @@ TEST(Lsh, RejectsBadParams) {
   EXPECT_EQ(lsh_attention_forward(p).code, StatusCode::kInvalidArgument);
   given[10] = 4;  // the padding bucket is accepted
   EXPECT_TRUE(lsh_attention_forward(p).ok());
+  p.qk_stride.head = -p.qk_stride.head;  // negative strides are refused, by name
+  const Status st = lsh_attention_forward(p);
+  EXPECT_EQ(st.code, StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message.find("qk_stride.head"), std::string::npos) << st.message;
 }
 
 }  // namespace

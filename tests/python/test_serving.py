@@ -1,5 +1,5 @@
-"""Inference-serving features against the float64 oracle: softcap, sinks and key padding (SPEC's shared options),
-variable-length batches (§4) and KV-cache decoding (§5: contiguous and paged caches, appends, split-KV).
+"""Inference-serving features against the float64 oracle: softcap, sinks and key padding (the shared options),
+variable-length batches and KV-cache decoding (contiguous and paged caches, appends, split-KV).
 
 Every case runs on the CPU (each ISA where the fixture asks) and, through the `dev` fixture of serving_cases, on the
 CUDA backend too (tests/python/test_cuda_serving.py)."""
@@ -116,7 +116,7 @@ def test_left_padded_batch_equals_unpadded_rows():
 
 
 @pytest.mark.parametrize("kw,error,match", [
-    ({"softcap": -1.0}, ValueError, r"softcap: got -1.0, expected a finite number >= 0"),
+    ({"softcap": -1.0}, ValueError, r"softcap: got -1.0, expected a finite number from 0"),
     ({"softcap": float("nan")}, ValueError, r"softcap: got nan"),
     ({"softcap": "1"}, TypeError, r"softcap: expected a real number"),
     ({"sinks": torch.zeros(3)}, ValueError, r"sinks: got shape \(3\); expected \(heads_q,\) = \(4,\)"),

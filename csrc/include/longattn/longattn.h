@@ -39,14 +39,14 @@ struct BshdStrides {
   int64_t head = 0;
 };
 
-// Everything one attention forward call needs (SPEC.md, common conventions).
+// Everything one attention forward call needs (docs/semantics.md, common conventions).
 //   q   (batch, seqlen_q, heads_q, head_dim)      k (batch, seqlen_k, heads_k, head_dim)
 //   v   (batch, seqlen_k, heads_k, head_dim_v)    out (batch, seqlen_q, heads_q, head_dim_v)
 //   lse (batch, heads_q, seqlen_q) float32, optional (nullptr = not written)
 // Key j is visible to query i (sitting at key position p = i + seqlen_k - seqlen_q) iff
 //   p - window_left*dil <= j <= p + window_right*dil  and  (j - p) % dil == 0   (a side set to -1 is unbounded)
 // where dil is the query head's dilation (1 unless `dilation` is given), or iff j or i is a global token
-// (Longformer, self-attention only). `causal` is the same as window_right = 0 (bottom-right aligned, SPEC §1, §2).
+// (Longformer, self-attention only). `causal` is the same as window_right = 0 (bottom-right aligned).
 struct AttentionParams {
   const void* q = nullptr;
   const void* k = nullptr;
@@ -71,18 +71,18 @@ struct AttentionParams {
 
   float scale = 1.0f;  // multiplies q·k before the softmax
   bool causal = false;
-  int64_t window_left = -1;   // sliding-window bounds (SPEC §2), inclusive; -1 = unbounded
+  int64_t window_left = -1;   // sliding-window bounds (docs/semantics.md), inclusive; -1 = unbounded
   int64_t window_right = -1;
-  // Dilation per query head (SPEC §2): heads_q values, each >= 1, owned by the caller; nullptr = 1 for all heads.
+  // Dilation per query head: heads_q values, each >= 1, owned by the caller; nullptr = 1 for all heads.
   const int64_t* dilation = nullptr;
-  // Longformer global tokens (SPEC §2), only with seqlen_q == seqlen_k: bytes (batch, seqlen_k), nonzero = global,
+  // Longformer global tokens, only with seqlen_q == seqlen_k: bytes (batch, seqlen_k), nonzero = global,
   // strides in elements; nullptr = none. Every query also sees each global key (once, even inside its window);
   // a global query sees every key.
   const uint8_t* global_tokens = nullptr;
   int64_t global_batch_stride = 0;
   int64_t global_seq_stride = 0;
 
-  // ---- options for serving (SPEC: options shared by the dense and windowed operations) ----------------------------
+  // ---- options for serving (docs/semantics.md: options shared by the dense and windowed operations) ------------
   float softcap = 0.0f;  // > 0: each scaled score s becomes softcap * tanh(s / softcap), before masking
   // Attention sinks: heads_q float32 logits, one per query head, that join every row's softmax denominator and carry
   // no value; null = none. lse includes the sink; a row with no visible key gets out = 0 and lse = its sink.
@@ -93,7 +93,7 @@ struct AttentionParams {
   int64_t mask_batch_stride = 0;
   int64_t mask_seq_stride = 0;
 
-  // ---- variable-length batches (SPEC §4) --------------------------------------------------------------------------
+  // ---- variable-length batches (docs/semantics.md) ------------------------------------------------------------
   // With cu_seqlens_q (and cu_seqlens_k) set, each (batch + 1) int32 offsets: q and out hold the sequences packed,
   // (total_q, heads_q, ·) with sequence b in rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1, k and v likewise
   // (total_k rows); the batch strides are unused and lse is (heads_q, total_q) (lse_batch_stride unused). seqlen_q and
@@ -104,7 +104,7 @@ struct AttentionParams {
   int64_t total_q = 0;
   int64_t total_k = 0;
 
-  // ---- decoding against a KV cache (SPEC §5) ----------------------------------------------------------------------
+  // ---- decoding against a KV cache (docs/semantics.md) --------------------------------------------------------
   // With cache_seqlens set ((batch,) int32: the tokens each sequence's cache already holds), k and v are the cache:
   //   contiguous: (batch, capacity, heads_k, ·), seqlen_k = capacity;
   //   paged (block_table set): (num_blocks, page_size, heads_k, ·) — k_stride.batch is the block stride — and
@@ -149,7 +149,7 @@ const char* cuda_architectures();
 // Only the argument checks of attention_forward (shapes, strides, pointers, options).
 Status check_params(const AttentionParams& params);
 
-// Reformer's shared-QK bucketed-LSH attention (SPEC §3), one call per forward pass.
+// Reformer's shared-QK bucketed-LSH attention (docs/semantics.md), one call per forward pass.
 //   qk  (batch, seqlen, heads, head_dim)      v (batch, seqlen, heads, head_dim_v)     out like v
 //   lse (batch, heads, seqlen) float32, optional: log-sum-exp over the rounds
 // Buckets come from `buckets_in` when given, else from hashing with `rotations`. Hashing:
@@ -215,6 +215,11 @@ Status set_cpu_isa(CpuIsa isa);
 // Results are bitwise identical for any thread count.
 int num_threads();
 Status set_num_threads(int n);
+
+// What was wrong with LONGATTN_CPU_ISA / LONGATTN_NUM_THREADS, one line each ("" if nothing): a value that is set but
+// unusable (an unknown ISA name, an ISA this CPU cannot run, a thread count outside 1..1024) is ignored and the
+// default used; these lines say so, and what is used instead. The Python package warns with them at import.
+const char* environment_warnings();
 
 const char* version();
 
