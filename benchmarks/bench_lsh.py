@@ -11,7 +11,7 @@ timed with interleaved repetitions (median) in the same process:
   hf        transformers LSHSelfAttention (num_hashes=4, num_buckets=S//64, lsh_attn_chunk_length=64,
             lsh_num_chunks_before=1, after=0, hash_seed=0) on the hidden states, minus the time of its query_key and
             value linears measured in the same run: attention compared with attention. With hash_seed=0 HF draws the
-            same rotations as longattn's seed=0, so the two compute the same function (SPEC §3); their outputs and
+            same rotations as longattn's seed=0, so the two compute the same function; their outputs and
             buckets are compared where S <= --check-max-s.
   rp        reformer-pytorch's LSHAttention(bucket_size=64, n_hashes=4, causal=False) (lucidrains; optional, and
             installed so that it cannot replace torch: pip install --no-deps reformer-pytorch einops

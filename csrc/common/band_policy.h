@@ -1,4 +1,4 @@
-// Which keys a query may attend, for dense, causal and sliding-window attention (SPEC §1, §2).
+// Which keys a query may attend, for dense, causal and sliding-window attention (docs/semantics.md).
 //
 // Query i sits at key position p(i) = i + offset (offset = seqlen_k - seqlen_q: bottom-right alignment) and may
 // attend key j iff lo(i) <= j <= hi(i), with lo(i) = p(i) - left and hi(i) = p(i) + right, each clamped to

@@ -1,4 +1,5 @@
-// The CPU tiled online-softmax engine (SPEC §1; the iteration/mask policy makes it §2 too).
+// The CPU tiled online-softmax engine for dense attention; its iteration/mask policy
+// makes it sliding-window attention too (docs/semantics.md).
 //
 // Included once per ISA after simd.h. One work item = (batch, query head, kSubTiles query tiles of kBlockQ rows).
 // For each key tile of kBlockK keys that the policy says a query tile touches:

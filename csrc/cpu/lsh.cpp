@@ -1,4 +1,4 @@
-// LSH attention on the CPU (SPEC §3): builds the LshPlan and runs its phases on the thread pool. The hashing
+// LSH attention on the CPU (docs/semantics.md): builds the LshPlan and runs its phases on the thread pool. The hashing
 // and attention kernels are per ISA (lsh_engine.h); the counting sort is plain C++ here.
 #include <algorithm>
 #include <string>

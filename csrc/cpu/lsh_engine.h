@@ -1,4 +1,5 @@
-// The CPU kernels of Reformer's LSH attention (SPEC §3): hashing, chunked attention over the sorted sequence, and
+// The CPU kernels of Reformer's LSH attention (docs/semantics.md):
+// hashing, chunked attention over the sorted sequence, and
 // the combination of the rounds. Included once per ISA after engine.h, whose micro-kernels, online softmax and
 // packing routines they reuse: chunked attention is the engine with an LSH iteration/mask policy, working on rows
 // gathered in sorted order.
@@ -198,7 +199,7 @@ void lsh_load_slot(const LshPlan& plan, const LshWorkspaceLayout& lay, int64_t b
 
 // Scores of key rows [0, nk) (positions pos_k, validity valid_k, normalisation key_scale) against query columns
 // (positions pos_q), in log2 units: each row is first scaled by its key's normalisation, then a padding key, or with
-// causal a key after the query, is replaced by -1e9, and a key at the query's own position by -1e5 (SPEC §3 step
+// causal a key after the query, is replaced by -1e9, and a key at the query's own position by -1e5 (LSH step
 // 6: replaced, not -inf, so a token with nothing else to see attends itself).
 inline void lsh_mask_scores(float* st, int64_t nk, int64_t nq_pad, const float* pos_k, const float* valid_k,
                             const float* key_scale, const float* pos_q, bool causal) {

@@ -1,4 +1,4 @@
-// What the work items of one LSH attention call share (SPEC §3), built once per call by lsh.cpp.
+// What the work items of one LSH attention call share (docs/semantics.md), built once per call by lsh.cpp.
 //
 // Phases, each a parallel loop over independent items:
 //   1. hash     (batch, head, block of tokens): each key's normalisation; buckets of every round (unless given)

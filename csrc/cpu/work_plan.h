@@ -32,7 +32,7 @@ struct WorkItem {
 };
 
 // Where sequence b's rows are and how long it is: the dense BSHD layout, the packed layout of a variable-length
-// batch (SPEC §4) or a KV cache (SPEC §5).
+// batch (docs/semantics.md) or a KV cache (docs/semantics.md).
 struct SequenceRows {
   int64_t n_q = 0, n_k = 0;          // its query and key counts
   int64_t q_first = 0, k_first = 0;  // packed layouts: its first row in q / out and in k / v

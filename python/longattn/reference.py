@@ -1,4 +1,4 @@
-"""Readable float64 oracles of SPEC.md, for tests. Written for reading, not speed: every mask is explicit."""
+"""Readable float64 oracles of docs/semantics.md, for tests. Written for reading, not speed: every mask is explicit."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible:
 
 def attention(q, k, v, *, causal: bool = False, scale: float | None = None, compute_dtype=torch.float64,
               softcap: float = 0.0, sinks: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None):
-    """SPEC §1: returns (out, lse), computed in compute_dtype (float64: the oracle). Dense is the unbounded window,
+    """attention: returns (out, lse), computed in compute_dtype (float64: the oracle). Dense is the unbounded window,
     causal the window (-1, 0), both bottom-right aligned."""
     visible = sliding_window_visible(q.shape[1], k.shape[1], window=(-1, -1), causal=causal,
                                      key_padding_mask=key_padding_mask, device=q.device)
@@ -52,7 +52,7 @@ def attention(q, k, v, *, causal: bool = False, scale: float | None = None, comp
 def sliding_window_visible(seqlen_q: int, seqlen_k: int, *, window: tuple[int, int], causal: bool = False,
                            dilation=1, global_tokens: torch.Tensor | None = None,
                            key_padding_mask: torch.Tensor | None = None, device=None) -> torch.Tensor:
-    """Bool (B or 1, Hq or 1, Sq, Sk): may query i attend key j under SPEC §2?
+    """Bool (B or 1, Hq or 1, Sq, Sk): may query i attend key j under docs/semantics.md?
 
     Query i sits at key position p = i + (Sk - Sq) (bottom-right alignment). Window part:
     p - left*dil <= j <= p + right*dil (a bound of -1 is unbounded; causal is right = 0) and (j - p) % dil == 0.
@@ -85,18 +85,18 @@ def sliding_window_attention(q, k, v, *, window: tuple[int, int], causal: bool =
                              global_tokens: torch.Tensor | None = None, scale: float | None = None,
                              compute_dtype=torch.float64, softcap: float = 0.0, sinks: torch.Tensor | None = None,
                              key_padding_mask: torch.Tensor | None = None):
-    """SPEC §2: returns (out, lse), computed in compute_dtype (float64: the oracle)."""
+    """attention: returns (out, lse), computed in compute_dtype (float64: the oracle)."""
     visible = sliding_window_visible(q.shape[1], k.shape[1], window=window, causal=causal, dilation=dilation,
                                      global_tokens=global_tokens, key_padding_mask=key_padding_mask,
                                      device=q.device)
     return masked_attention(q, k, v, visible, scale, compute_dtype, softcap, sinks)
 
 
-# ---- SPEC §4: variable-length batches --------------------------------------------------------------------------------
+# ---- variable-length batches -----------------------------------------------------------------------------------------
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal: bool = False, window=(-1, -1),
                      softcap: float = 0.0, sinks=None, scale: float | None = None, compute_dtype=torch.float64):
-    """SPEC §4, sequence by sequence: q (total_q, Hq, D), k/v (total_k, Hk, ·) packed; sequence b is rows
+    """docs/semantics.md, sequence by sequence: q (total_q, Hq, D), k/v (total_k, Hk, ·) packed; sequence b is rows
     cu[b] .. cu[b+1]-1 and attends only its own keys, causal/window aligned bottom-right within it.
     Returns (out (total_q, Hq, Dv), lse (Hq, total_q))."""
     cq, ck = [int(x) for x in cu_seqlens_q], [int(x) for x in cu_seqlens_k]
@@ -114,13 +114,13 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal: bool = Fals
     return out, lse
 
 
-# ---- SPEC §5: decoding against a KV cache ----------------------------------------------------------------------------
+# ---- decoding against a KV cache -------------------------------------------------------------------------------------
 
 def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k=None, v=None, block_table=None,
                            causal: bool = False, window=(-1, -1), softcap: float = 0.0, sinks=None,
                            scale: float | None = None, compute_dtype=torch.float64):
-    """SPEC §5, written out: returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq), k_cache', v_cache') where the primed
-    caches are copies with k, v (B, Snew, Hk, ·) appended at cache_seqlens[b] .. + Snew - 1. Sequence b attends
+    """The KV-cache rule written out: returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq), k_cache', v_cache'), the primed
+    caches being copies with k, v (B, Snew, Hk, ·) appended at cache_seqlens[b] .. + Snew - 1. Sequence b attends
     its tokens 0 .. L_b - 1, L_b = cache_seqlens[b] + Snew, causal/window aligned bottom-right to L_b. A paged cache
     (num_blocks, page_size, Hk, ·) holds token t of sequence b at block block_table[b, t // page_size], row
     t % page_size."""
@@ -151,11 +151,11 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k=None, v=None
     return out, lse, k_cache, v_cache
 
 
-# ---- SPEC §3: Reformer's bucketed-LSH attention ---------------------------------------------------------------------
+# ---- Reformer's bucketed-LSH attention -------------------------------------------------------------------------------
 
 def lsh_hash(qk: torch.Tensor, rotations: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
              compute_dtype=torch.float64) -> torch.Tensor:
-    """Buckets (B, H, n_hashes, S) int64 of SPEC §3 step 2.
+    """Buckets (B, H, n_hashes, S) int64 of LSH step 2.
 
     Round r of token t: argmax over concat(x R_r, -x R_r) with x = qk[b, t, h] and R_r = rotations[h, :, r, :]
     (the first maximal index wins); a padded token (key_padding_mask False) goes to the extra bucket n_buckets.
@@ -172,7 +172,7 @@ def lsh_hash(qk: torch.Tensor, rotations: torch.Tensor, key_padding_mask: torch.
 def lsh_attention(qk: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor, *, chunk_length: int,
                   chunks_before: int = 1, chunks_after: int = 0, causal: bool = False,
                   key_padding_mask: torch.Tensor | None = None, compute_dtype=torch.float64):
-    """SPEC §3 steps 3-9 for given buckets (B, H, n_hashes, S). Returns (out (B, S, H, Dv), lse (B, H, S)).
+    """LSH step 3-9 for given buckets (B, H, n_hashes, S). Returns (out (B, S, H, Dv), lse (B, H, S)).
 
     Loops over nothing clever: sort the (round, position) items of each (batch, head) by (round, bucket, position),
     cut the sorted list into chunks, let chunk c attend chunks c - chunks_before .. c + chunks_after (cyclic), mask

@@ -1,4 +1,4 @@
-"""The CUDA backend (SPEC §1, §2) against the float64 oracle and torch SDPA.
+"""The CUDA backend (docs/semantics.md) against the float64 oracle and torch SDPA.
 
 Every case runs on a CUDA GPU when there is one (compute capability >= 8.0 and a CUDA build of longattn), and
 otherwise on longattn's CUDA emulator (longattn.testing.cuda_emulator: the same host dispatch and kernel sources on

@@ -1,4 +1,4 @@
-"""longattn.integrations.transformers.accelerate (SPEC §8): Longformer and Reformer models, end to end.
+"""longattn.integrations.transformers.accelerate (docs/huggingface.md): Longformer and Reformer models, end to end.
 
 Small random-weight configs (no downloads), float32, initializer_range 0.2 so that attention is peaked (scores with
 std ~2.5: a wrong window, a lost global token or a lost padding mask moves the outputs by O(1)). Each accelerated
@@ -178,7 +178,7 @@ def run_reformer(make, inputs, what, replay_in_accelerated, rows):
         assert_matches_oracle(a, r, e, f"{what} {name}")
         # and directly against the float32 model: where float32 itself is far from the truth (rows whose scores are
         # all -1e9 get weight exp(-1e9 - fl(-1e9 + log n)) = 1 per key in float32, 1/n in float64), the oracle
-        # criterion above is loose, but the unmodified model's float32 behaviour is the contract (SPEC §8), to the
+        # criterion above is loose, but the unmodified model's float32 behaviour is the contract, to the
         # resolution of its -1e5 self-only rows
         scale = e.abs().max().item()
         assert (a - e).abs().max().item() <= SELF_ONLY_RESOLUTION * scale, f"{what} {name}: vs the float32 model"

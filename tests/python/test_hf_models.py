@@ -1,4 +1,4 @@
-"""attn_implementation="longattn" (longattn.integrations.transformers.register, SPEC §8) on Hugging Face models.
+"""attn_implementation="longattn" (longattn.integrations.transformers.register) on Hugging Face models.
 
 Models are small random-weight configs (nothing can be downloaded here), float32, with attention made peaked
 (initializer_range 0.2: scores with std ~2.5) so that a wrong window, a lost padding mask, softcap or sink moves the

@@ -1,4 +1,4 @@
-"""longattn reproduces Hugging Face `LongformerSelfAttention` (SPEC §2, last bullet), checked against the real module.
+"""longattn reproduces Hugging Face `LongformerSelfAttention`, checked against the real module.
 
 What the HF layer computes (transformers/models/longformer/modeling_longformer.py, read for transformers 5.x; the
 convention test below pins it against what `LongformerModel` really passes, so a change upstream fails loudly):
@@ -12,7 +12,7 @@ convention test below pins it against what `LongformerModel` really passes, so a
 - Local rows (a query that is not global): q = query(h) / sqrt(D), k = key(h), v = value(h); the query at i sees
   keys i - w/2 .. i + w/2 (w = attention_window, the *total* width, so longattn's window is (w//2, w//2)), keys
   outside [0, S) absent, plus every global key of its batch element, scored with the same *local* k and v. A global
-  key inside the window is dropped from the window part (`mask != 0`) so it is counted once -- SPEC §2's
+  key inside the window is dropped from the window part (`mask != 0`) so it is counted once -- docs/semantics.md's
   "counted once". Different global counts per batch element are fine: HF pads the global-key columns to the largest
   count with finfo.min.
 - Global rows: recomputed from scratch with the separate projections: qg = query_global(h[global rows]) / sqrt(D),
@@ -27,10 +27,11 @@ So with q, k, v, qg, kg, vg taken from the module's own linears (unscaled: longa
 is the division HF applies to q), the layer is
     out = sliding_window_attention(q, k, v, window=(w//2, w//2), global_tokens=g)
     out[global rows] = attention(qg[global rows], kg, vg)
-Padding: SPEC §2 has no key-padding mask, but the window depends only on j - i, so a *contiguous* run of real tokens
+Padding: no key-padding mask here, but the window depends only on j - i, so a *contiguous* run of real tokens
 (right padding -- what LongformerModel itself adds -- or left padding) is the same computation on the slice of real
 tokens, with zeros written to the padding rows; that is what the padding test does. Padding holes *inside* the
-sequence cannot be expressed by one call (removing tokens would shift window distances) and are not tested.
+sequence cannot be expressed this way (removing tokens would shift window distances); longattn's key_padding_mask
+serves them, tested against the real model in test_hf_accelerate.py.
 
 Tolerance: fp32 throughout. The float64 oracle of the same composition (longattn.reference) is the truth; longattn
 must be within 2x the error HF's own fp32 implementation makes against it, plus a floor of 2e-6 x output scale
@@ -90,7 +91,7 @@ def run_hf(layer, hidden, global_tokens, valid):
 
 
 def compose(layer, hidden, global_tokens, valid, swa, dense):
-    """HF's layer as SPEC §2 operations: swa(q, k, v, window, g) for every row, then dense(qg, kg, vg) for the
+    """HF's layer as docs/semantics.md operations: swa(q, k, v, window, g) for every row, then dense(qg, kg, vg) for the
     global rows. valid must be one contiguous run of True per batch element (left and/or right padding)."""
     B, S, E = hidden.shape
     H, D = layer.num_heads, layer.head_dim

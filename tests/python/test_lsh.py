@@ -1,4 +1,4 @@
-"""longattn.lsh_attention (SPEC §3) against the float64 oracle, the hashing rule, seeds, and the error rules."""
+"""longattn.lsh_attention against the float64 oracle, the hashing rule, seeds, and the error rules."""
 
 import pytest
 import torch

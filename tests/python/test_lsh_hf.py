@@ -1,4 +1,4 @@
-"""longattn reproduces Hugging Face Reformer's `LSHSelfAttention` (SPEC §3), checked against the real module.
+"""longattn reproduces Hugging Face Reformer's `LSHSelfAttention` (docs/semantics.md), checked against the real module.
 
 What the HF layer computes (transformers/models/reformer/modeling_reformer.py, read for transformers 5.x; the
 convention test at the end pins it against what `ReformerModel` really passes, so a change upstream fails loudly):
@@ -11,20 +11,20 @@ convention test at the end pins it against what `ReformerModel` really passes, s
 - Padding: `attention_mask` (B, S), 1 = real token, 0 = padding, read as `.to(bool)` -- longattn's key_padding_mask
   is that mask as bool. It only masks *keys* (score -> -1e9); padded *queries* still get an output (not zeroed).
   If any token of the batch is padding (`attention_mask.sum() < B*S`), every padded token goes to an extra bucket
-  `num_buckets` and the per-round offset becomes num_buckets + 1 -- SPEC §3 step 2. An all-ones mask changes nothing.
+  `num_buckets` and the per-round offset becomes num_buckets + 1 -- LSH step 2. An all-ones mask changes nothing.
 - Hashing: `torch.manual_seed(hash_seed); torch.randn((H, D, n_hashes, n_buckets // 2))` on the *global* RNG
   (hash_seed=None: whatever state the global RNG is in), dtype = the activations' dtype (float32 here), then
   argmax(cat(x R, -x R)). Same numbers as longattn's seed= (a private torch.Generator seeded alike) -- verified below.
 - Sorting: `_stable_argsort` of the flattened (n_hashes*S) offset buckets r*nb + bucket: order (round, bucket,
-  position), SPEC step 3. Chunks wrap cyclically over all n_hashes*S/chunk_length chunks (`_look_adjacent`).
+  position), LSH step 3. Chunks wrap cyclically over all n_hashes*S/chunk_length chunks (`_look_adjacent`).
 - Scores: keys = qk * rsqrt(mean(qk**2) + 1e-6) / sqrt(D), queries raw; masked scores *replaced* by -1e9, then the
-  self score (same original position) replaced by -1e5 -- SPEC steps 5-6. Rounds combined by their logsumexps.
+  self score (same original position) replaced by -1e5 -- LSH step 5-6. Rounds combined by their logsumexps.
 - S <= chunk_length: `do_standard_self_attention`, no hashing (num_hashes ignored, buckets output None), one dense
-  masked softmax over the sequence -- SPEC step 9.
+  masked softmax over the sequence -- LSH step 9.
 - Returns `LSHSelfAttentionOutput(hidden_states, attention_probs, buckets)`: hidden_states (B, S, H*D) = heads
   concatenated, *before* ReformerSelfOutput's dense; buckets (B, H, n_hashes, S) int64 *with the round offsets
   added* (r * num_buckets, or r * (num_buckets + 1) when the batch has padding), None on the S <= chunk path.
-  longattn's return_buckets has no offsets (SPEC: the same format as its buckets= argument); hf_buckets() removes
+  longattn's return_buckets has no offsets (the same format as its buckets= argument); hf_buckets() removes
   them.
 
 Tolerances (fp32 throughout; the float64 oracle longattn.reference.lsh_attention, fed the same buckets, is the
@@ -95,7 +95,7 @@ def make_layer(config, seed=0):
 
 
 def seed_rotations(heads, head_dim, n_hashes, n_buckets, seed):
-    """What HF's torch.manual_seed(seed); torch.randn(shape) draws, from a private generator (SPEC §3 step 1)."""
+    """What HF's torch.manual_seed(seed); torch.randn(shape) draws, from a private generator (LSH step 1)."""
     return torch.randn((heads, head_dim, n_hashes, n_buckets // 2), generator=torch.Generator().manual_seed(seed))
 
 
