@@ -263,3 +263,12 @@ def capabilities() -> dict:
         "cuda_device": torch.cuda.get_device_name() if cuda_usable else None,
         "cuda_capability": ".".join(map(str, torch.cuda.get_device_capability())) if cuda_usable else None,
     }
+
+
+def __getattr__(name: str):
+    # longattn.distributed (context parallelism) loads torch.distributed: imported on first use, not at import
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(".distributed", __name__)
+    raise AttributeError(f"module 'longattn' has no attribute {name!r}")
