@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -64,9 +65,28 @@ CONTESTANTS = ("longattn", "hf", "rp", "dense")
 PEER_NAMES = {"hf": "HF LSHSelfAttention", "rp": "reformer-pytorch LSHAttention", "dense": "longattn dense"}
 
 
-def n_buckets_for(S: int) -> int:
-    """S/64 buckets (about one chunk of items per bucket and round), kept even (argmax over xR and -xR)."""
+BUCKETS = {"mode": "paper"}  # --buckets
+
+
+def hf_n_buckets(S: int, chunk: int, max_positions: int):
+    """Hugging Face Reformer's own choice (LSHSelfAttention._set_num_buckets): 2^floor(log2(2 S / chunk)) buckets,
+    factorized into [2^(k//2), 2^(k - k//2)] past 2 * max(sqrt(max_positions / chunk), chunk)."""
+    k = (2 * (S // chunk)).bit_length() - 1
+    limit = 2 * max(int((max_positions // chunk) ** 0.5), chunk)
+    return [2 ** (k // 2), 2 ** (k - k // 2)] if 2 ** k > limit else 2 ** k
+
+
+def n_buckets_for(S: int):
+    """--buckets paper: S/64 buckets (about one chunk of items per bucket and round), kept even (argmax over xR
+    and -xR). --buckets hf: Hugging Face's own choice for a model of max_position_embeddings = S (factorized from
+    S = 8192 at chunk 64)."""
+    if BUCKETS["mode"] == "hf":
+        return hf_n_buckets(S, CHUNK, S)
     return max(2, (S // CHUNK) // 2 * 2)
+
+
+def nb_text(nb) -> str:
+    return str(nb) if isinstance(nb, int) else "x".join(map(str, nb))
 
 
 def in_chunk_flops(S: int) -> float:
@@ -166,7 +186,7 @@ def measure(S: int, dtype, args, state: dict, skipped: dict) -> dict:
     if S <= args.check_max_s and "longattn" in trial and "hf" in trial:
         ours, ours_b = trial["longattn"][0]
         hf_out = trial["hf"][0]
-        per_round = nb + 0  # no padding here: HF's offsets are r * num_buckets
+        per_round = nb if isinstance(nb, int) else math.prod(nb)  # no padding here: HF's offsets are r * num_buckets
         hf_b = hf_out.buckets - per_round * torch.arange(N_HASHES).view(1, 1, -1, 1)
         mismatch = int((hf_b != ours_b).sum())
         diff = (ours.float() - hf_out.hidden_states.view(B, S, H, D).float()).abs()
@@ -204,7 +224,7 @@ def print_table(rows) -> None:
     print("\n  dtype      S    nb | longattn ms  GF/s  of-dense  t(S)/t(S/2) |  HF-attn ms     x |"
           "  reformer-pytorch ms     x |   dense ms     x")
     for r in rows:
-        print(f"{r['dtype']:>8} {r['seqlen']:>6} {r['n_buckets']:>5} |"
+        print(f"{r['dtype']:>8} {r['seqlen']:>6} {nb_text(r['n_buckets']):>5} |"
               f" {fmt(r['longattn_ms'], '.1f', 11)} {fmt(r['longattn_gflops'], '.0f', 5)}"
               f" {fmt(r['of_dense_gflops'], '.2f', 9)} {fmt(r['t_over_t_half_s'], '.2f', 12)} |"
               f" {fmt(r['hf_ms'], '.1f', 11)} {fmt(r['vs_hf'], '.1f', 5)} |"
@@ -219,11 +239,17 @@ import sys, torch
 from longattn._bench import peak_rss_growth_mib
 
 impl, S, H, D, n_hashes, chunk, seed = sys.argv[1], *map(int, sys.argv[2:8])
+factorized = sys.argv[8] == "hf"
+def buckets(S):
+    if not factorized:
+        return max(2, (S // chunk) // 2 * 2)
+    k = (2 * (S // chunk)).bit_length() - 1
+    return [2 ** (k // 2), 2 ** (k - k // 2)] if 2 ** k > 2 * max(int((S // chunk) ** 0.5), chunk) else 2 ** k
 if impl == "longattn":
     import longattn
     def make(S):
         qk, v = torch.randn(1, S, H, D), torch.randn(1, S, H, D)
-        n = max(2, (S // chunk) // 2 * 2)
+        n = buckets(S)
         return lambda: longattn.lsh_attention(qk, v, n_hashes=n_hashes, n_buckets=n, chunk_length=chunk, seed=seed)
 else:  # HF's layer on hidden states: its own query_key/value projections are part of this call
     from transformers import ReformerConfig
@@ -234,7 +260,7 @@ else:  # HF's layer on hidden states: its own query_key/value projections are pa
         lsh_attention_probs_dropout_prob=0.0, attn_layers=["lsh"])).eval()
     def make(S):
         hidden = torch.randn(1, S, H * D)
-        layer.num_buckets = max(2, (S // chunk) // 2 * 2)
+        layer.num_buckets = buckets(S)
         return lambda: layer(hidden).hidden_states
 with torch.inference_mode():  # first call pays one-off imports and thread start-up: not what we measure
     make(4 * chunk)()
@@ -247,7 +273,7 @@ def peak_memory(cases):
     """Peak resident memory one call adds (MiB, output included), float32, in a fresh process per measurement."""
     rows = []
     for impl, S in cases:
-        measured = run_memory_probe(MEMORY_PROBE, impl, S, H, D, N_HASHES, CHUNK, SEED)
+        measured = run_memory_probe(MEMORY_PROBE, impl, S, H, D, N_HASHES, CHUNK, SEED, BUCKETS["mode"])
         if measured is None:
             continue
         extra, out_mib = measured
@@ -271,8 +297,8 @@ def plot(rows, path: Path) -> None:
              "dense": ("tab:gray", "--", "longattn dense attention")}
     plot_time_vs_seqlen(
         rows, style,
-        lambda dt: f"{dt}, B{B} H{H} D{D}, {N_HASHES} hashes, chunk {CHUNK} ({BEFORE} back, {AFTER} ahead), "
-                   f"n_buckets = S/{CHUNK}",
+        lambda dt: f"{dt}, B{B} H{H} D{D}, {N_HASHES} hashes, chunk {CHUNK} ({BEFORE} back, {AFTER} ahead), " +
+                   (f"n_buckets = S/{CHUNK}" if BUCKETS["mode"] == "paper" else "HF's factorized n_buckets"),
         "Reformer LSH attention on this CPU (same run, interleaved medians)", path)
 
 
@@ -293,7 +319,12 @@ def main() -> None:
     parser.add_argument("--memory-s", type=int, nargs="+", default=[16384, 65536],
                         help="S of the longattn memory probes (HF: the first)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where lsh.{csv,json,png} go")
+    parser.add_argument("--buckets", choices=["paper", "hf"], default="paper",
+                        help="n_buckets = S/64 (paper), or Hugging Face's own choice, factorized from S = 8192 (hf); "
+                             "hf writes lsh_hf_buckets.{csv,json,png}")
     args = parser.parse_args()
+    BUCKETS["mode"] = args.buckets
+    stem = "lsh" if args.buckets == "paper" else "lsh_hf_buckets"
     seqlens = args.seqlens or ([4096, 8192] if args.quick else [4096, 8192, 16384, 32768, 65536])
     bad = [S for S in seqlens if S % (2 * CHUNK)]
     if bad:
@@ -317,7 +348,7 @@ def main() -> None:
           f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads), "
           f"transformers {hf_version}, reformer-pytorch {rp_version}")
     print(f"B{B} H{H} D{D}, n_hashes={N_HASHES}, chunk_length={CHUNK}, chunks_before={BEFORE}, "
-          f"chunks_after={AFTER}, n_buckets=S/{CHUNK}; caps: HF S <= {args.hf_max_s}, reformer-pytorch S <= "
+          f"chunks_after={AFTER}, n_buckets={'S/' + str(CHUNK) if args.buckets == 'paper' else 'HF choice'}; caps: HF S <= {args.hf_max_s}, reformer-pytorch S <= "
           f"{args.rp_max_s}, peers' trial call <= {args.peer_max_call_s:g} s, dense S <= {args.dense_max_s}")
     started = time.time()
     skipped: dict = {}
@@ -358,22 +389,23 @@ def main() -> None:
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "transformers": hf_version,
             "reformer_pytorch": rp_version,
             "shape": {"batch": B, "heads": H, "head_dim": D, "n_hashes": N_HASHES, "chunk_length": CHUNK,
-                      "chunks_before": BEFORE, "chunks_after": AFTER, "n_buckets": f"S/{CHUNK}", "seed": SEED},
+                      "chunks_before": BEFORE, "chunks_after": AFTER,
+                      "n_buckets": f"S/{CHUNK}" if args.buckets == "paper" else "Hugging Face's choice", "seed": SEED},
             "caps": {"hf_max_s": args.hf_max_s, "rp_max_s": args.rp_max_s, "peer_max_call_s": args.peer_max_call_s,
                      "dense_max_s": args.dense_max_s},
             "skipped": {f"{peer}/{dt}": why for (peer, dt), why in skipped.items()},
             "too_slow": {f"{peer}/{dt}": {"seqlen": s, "seconds": round(t, 1)}
                          for (peer, dt), (s, t) in state["too_slow"].items()},
             "seconds": round(time.time() - started, 1)}
-    with open(results / "lsh.json", "w") as f:
+    with open(results / f"{stem}.json", "w") as f:
         json.dump({"meta": meta, "rows": rows, "memory": memory}, f, indent=1)
-    with open(results / "lsh.csv", "w", newline="") as f:
+    with open(results / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         for r in rows:
-            w.writerow({**r, "agreement_vs_hf": json.dumps(r["agreement_vs_hf"])})
-    print(f"wrote {results / 'lsh.json'} and lsh.csv")
-    plot(rows, results / "lsh.png")
+            w.writerow({**r, "agreement_vs_hf": json.dumps(r["agreement_vs_hf"]), "n_buckets": nb_text(r["n_buckets"])})
+    print(f"wrote {results / (stem + '.json')} and {stem}.csv")
+    plot(rows, results / f"{stem}.png")
 
 
 class _Projections(torch.nn.Module):

@@ -181,6 +181,23 @@ Status check_lsh_params(const LshAttentionParams& p) {
     return Status::Invalid(cat("n_hashes: got ", p.n_hashes, ", expected 1..64"));
   if (p.n_buckets < 2 || p.n_buckets % 2 != 0 || p.n_buckets > (int64_t(1) << 24))
     return Status::Invalid(cat("n_buckets: got ", p.n_buckets, ", expected an even number from 2 to 2^24"));
+  if (p.n_bucket_factors < 0 || p.n_bucket_factors > 16 || (p.n_bucket_factors > 0 && !p.bucket_factors))
+    return Status::Invalid(cat("bucket_factors: got ", p.n_bucket_factors, " factors", p.bucket_factors ? "" : " (null)",
+                               "; expected 0 (not factorized) to 16 factors"));
+  if (p.bucket_factors && p.n_bucket_factors > 0) {
+    int64_t product = 1;
+    for (int64_t i = 0; i < p.n_bucket_factors; ++i) {
+      const int64_t f = p.bucket_factors[i];
+      if (f < 2 || f % 2 != 0 || f > (int64_t(1) << 24))
+        return Status::Invalid(cat("bucket_factors[", i, "]: got ", f, ", expected an even number from 2 to 2^24"));
+      product *= f;
+      if (product > (int64_t(1) << 24))
+        return Status::Invalid(cat("bucket_factors: their product exceeds 2^24 buckets at factor ", i));
+    }
+    if (product != p.n_buckets)
+      return Status::Invalid(cat("n_buckets: got ", p.n_buckets, " with bucket_factors whose product is ", product,
+                                 "; expected n_buckets = the product"));
+  }
   if (p.chunk_length < 1) return Status::Invalid(cat("chunk_length: got ", p.chunk_length, ", expected >= 1"));
   if (p.chunks_before < 0 || p.chunks_after < 0 || p.chunks_before + p.chunks_after > 32)
     return Status::Invalid(cat("chunks_before, chunks_after: got ", p.chunks_before, ", ", p.chunks_after,

@@ -13,7 +13,8 @@ namespace longattn::cpu {
 Status lsh_attention_forward(const LshAttentionParams& p) {
   const CpuKernelTable& k = active_kernels();
   ThreadPool& pool = ThreadPool::instance();
-  const int64_t B = p.batch, H = p.heads, S = p.seqlen, NH = p.n_hashes, half = p.n_buckets / 2;
+  const int64_t B = p.batch, H = p.heads, S = p.seqlen, NH = p.n_hashes;
+  const int64_t columns = lsh_rotation_columns(p);
   LshPlan plan(p);
   const bool chunked = S > p.chunk_length;  // else: one round of ordinary attention, no hashing (step 9)
   plan.rounds = chunked ? NH : 1;
@@ -37,14 +38,14 @@ Status lsh_attention_forward(const LshAttentionParams& p) {
     }
   }
   if (plan.hash) {
-    // (H, D, NH, half) -> (H, NH, half, D): each rotation vector a contiguous row for the micro-kernel
-    plan.rotations_t.resize(H * NH * half * p.head_dim);
+    // (H, D, NH, columns) -> (H, NH, columns, D): each rotation vector a contiguous row for the micro-kernel
+    plan.rotations_t.resize(H * NH * columns * p.head_dim);
     for (int64_t h = 0; h < H; ++h)
       for (int64_t d = 0; d < p.head_dim; ++d)
         for (int64_t r = 0; r < NH; ++r)
-          for (int64_t j = 0; j < half; ++j)
-            plan.rotations_t[((h * NH + r) * half + j) * p.head_dim + d] =
-                p.rotations[((h * p.head_dim + d) * NH + r) * half + j];
+          for (int64_t j = 0; j < columns; ++j)
+            plan.rotations_t[((h * NH + r) * columns + j) * p.head_dim + d] =
+                p.rotations[((h * p.head_dim + d) * NH + r) * columns + j];
   }
   pool.parallel_for(plan.hash_items(), ws_floats, [&](int64_t item, float* ws) { k.lsh_hash_item(plan, item, ws); });
   if (p.buckets_out) std::copy(plan.buckets.begin(), plan.buckets.end(), p.buckets_out);

@@ -114,7 +114,9 @@ void lsh_hash_item(const LshPlan& plan, int64_t item, float* ws) {
   const int64_t b = item / (p.heads * blocks), h = (item / blocks) % p.heads;
   const int64_t t0 = (item % blocks) * plan.tokens_per_item;
   const int64_t n = std::min(plan.tokens_per_item, p.seqlen - t0);
-  const int64_t D = p.head_dim, half = p.n_buckets / 2;
+  const int64_t D = p.head_dim, columns = lsh_rotation_columns(p);
+  const bool factorized = p.bucket_factors && p.n_bucket_factors > 0;
+  const int64_t n_factors = factorized ? p.n_bucket_factors : 1;
   const S* qk_head = static_cast<const S*>(p.qk) + b * p.qk_stride.batch + h * p.qk_stride.head;
   float* st = ws + lay.st;
 
@@ -136,7 +138,7 @@ void lsh_hash_item(const LshPlan& plan, int64_t item, float* ws) {
     for (int64_t c = 0; c < nq; ++c) scale[c] = inv_sqrt_d / std::sqrt(sum_sq[c] / float(D) + 1e-6f);
   }
   for (int64_t r = 0; plan.hash && r < p.n_hashes; ++r) {
-    const float* rot = plan.rotations_t.data() + (h * p.n_hashes + r) * half * D;  // (half, D)
+    const float* rot_round = plan.rotations_t.data() + (h * p.n_hashes + r) * columns * D;  // (columns, D)
     for (int t = 0; t < n_sub; ++t) {
       const int64_t first = t0 + int64_t(t) * kBlockQ, nq = std::min<int64_t>(kBlockQ, t0 + n - first);
       const int64_t nq_pad = round_up(nq, kNR);
@@ -145,28 +147,40 @@ void lsh_hash_item(const LshPlan& plan, int64_t item, float* ws) {
       float* arg_max = ws + lay.l;
       float* best_min = ws + lay.o;     // per column: min of x·R so far (= max of -x·R) and its index
       float* arg_min = ws + lay.pos_q;
-      std::fill(best_max, best_max + nq_pad, -INFINITY);
-      std::fill(best_min, best_min + nq_pad, INFINITY);
-      std::fill(arg_max, arg_max + nq_pad, 0.0f);
-      std::fill(arg_min, arg_min + nq_pad, 0.0f);
-      // Rotation vectors in blocks of kMR (ascending), each block meeting every panel of kNR tokens.
-      int64_t j = 0;
-      for (; j + kMR <= half; j += kMR)
-        for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
-          hash_microkernel<kMR>(rot + j * D, D, qt + c0, best_max + c0, arg_max + c0, best_min + c0, arg_min + c0, j);
-      if (j < half)
-        for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
-          with_rows<HashRows>(int(half - j), rot + j * D, D, qt + c0, best_max + c0, arg_max + c0, best_min + c0,
-                              arg_min + c0, j);
-      // concat(xR, -xR): the + half comes first, so it wins when max(xR) == max(-xR).
       int32_t* out = plan.buckets_at(b, h, r) + first;
-      for (int64_t c = 0; c < nq; ++c) {
-        const bool plus = best_max[c] >= -best_min[c];
-        int32_t bucket = plus ? int32_t(arg_max[c]) : int32_t(half + int64_t(arg_min[c]));
-        if (p.key_padding_mask && !p.key_padding_mask[b * p.mask_batch_stride + (first + c) * p.mask_seq_stride])
-          bucket = int32_t(p.n_buckets);
-        out[c] = bucket;
+      std::fill(out, out + nq, 0);
+      // One argmax per factor over its own rotation columns; bucket = sum of b_i * (product of the factors before).
+      int64_t column0 = 0, place = 1;
+      for (int64_t f = 0; f < n_factors; ++f) {
+        const int64_t factor = factorized ? p.bucket_factors[f] : p.n_buckets, half = factor / 2;
+        const float* rot = rot_round + column0 * D;  // (half, D)
+        std::fill(best_max, best_max + nq_pad, -INFINITY);
+        std::fill(best_min, best_min + nq_pad, INFINITY);
+        std::fill(arg_max, arg_max + nq_pad, 0.0f);
+        std::fill(arg_min, arg_min + nq_pad, 0.0f);
+        // Rotation vectors in blocks of kMR (ascending), each block meeting every panel of kNR tokens.
+        int64_t j = 0;
+        for (; j + kMR <= half; j += kMR)
+          for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
+            hash_microkernel<kMR>(rot + j * D, D, qt + c0, best_max + c0, arg_max + c0, best_min + c0, arg_min + c0,
+                                  j);
+        if (j < half)
+          for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
+            with_rows<HashRows>(int(half - j), rot + j * D, D, qt + c0, best_max + c0, arg_max + c0, best_min + c0,
+                                arg_min + c0, j);
+        // concat(xR, -xR): the + half comes first, so it wins when max(xR) == max(-xR).
+        for (int64_t c = 0; c < nq; ++c) {
+          const bool plus = best_max[c] >= -best_min[c];
+          const int64_t b_f = plus ? int64_t(arg_max[c]) : half + int64_t(arg_min[c]);
+          out[c] += int32_t(b_f * place);
+        }
+        column0 += half;
+        place *= factor;
       }
+      if (p.key_padding_mask)
+        for (int64_t c = 0; c < nq; ++c)
+          if (!p.key_padding_mask[b * p.mask_batch_stride + (first + c) * p.mask_seq_stride])
+            out[c] = int32_t(p.n_buckets);
     }
   }
 }

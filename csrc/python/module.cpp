@@ -160,14 +160,15 @@ int64_t attention_workspace_py(LONGATTN_ATTENTION_ARGS) {
 }
 
 // sizes = (batch, seqlen, heads, head_dim, head_dim_v); options = (n_hashes, n_buckets, chunk_length, chunks_before,
-// chunks_after); pointers of optional buffers are 0 when absent.
+// chunks_after); pointers of optional buffers are 0 when absent; bucket_factors empty = not factorized.
 void lsh_attention_forward_py(uintptr_t qk, uintptr_t v, uintptr_t out, uintptr_t lse, const std::string& dtype,
                               const std::string& device, const std::array<int64_t, 5>& sizes,
                               const std::array<int64_t, 3>& qk_strides, const std::array<int64_t, 3>& v_strides,
                               const std::array<int64_t, 3>& out_strides, const std::array<int64_t, 2>& lse_strides,
                               const std::array<int64_t, 5>& options, bool causal, uintptr_t rotations,
                               uintptr_t buckets_in, uintptr_t buckets_out, uintptr_t key_padding_mask,
-                              const std::array<int64_t, 2>& mask_strides, uintptr_t stream) {
+                              const std::array<int64_t, 2>& mask_strides, uintptr_t stream,
+                              const std::vector<int64_t>& bucket_factors) {
   LshAttentionParams p;
   p.qk = reinterpret_cast<const void*>(qk);
   p.v = reinterpret_cast<const void*>(v);
@@ -187,6 +188,8 @@ void lsh_attention_forward_py(uintptr_t qk, uintptr_t v, uintptr_t out, uintptr_
   p.lse_head_stride = lse_strides[1];
   p.n_hashes = options[0];
   p.n_buckets = options[1];
+  p.bucket_factors = bucket_factors.empty() ? nullptr : bucket_factors.data();
+  p.n_bucket_factors = int64_t(bucket_factors.size());
   p.chunk_length = options[2];
   p.chunks_before = options[3];
   p.chunks_after = options[4];
@@ -221,7 +224,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("lse"), py::arg("dtype"), py::arg("device"), py::arg("sizes"), py::arg("qk_strides"),
         py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"), py::arg("options"), py::arg("causal"),
         py::arg("rotations"), py::arg("buckets_in"), py::arg("buckets_out"), py::arg("key_padding_mask"),
-        py::arg("mask_strides"), py::arg("stream"));
+        py::arg("mask_strides"), py::arg("stream"), py::arg("bucket_factors") = std::vector<int64_t>{});
   m.def("version", &version);
   m.def("num_threads", &num_threads);
   m.def("environment_warnings", [] { return std::string(environment_warnings()); });

@@ -12,9 +12,11 @@ import warnings
 import torch
 
 from . import _C, testing
-from ._ops import attention_fwd, attention_with_kvcache_fwd, lsh_attention_fwd, varlen_attention_fwd
+from ._ops import (attention_fwd, attention_with_kvcache_fwd, lsh_attention_fwd, lsh_rotations_seeded,
+                   varlen_attention_fwd)
 from ._validate import (check_bool, check_buckets, check_dilation, check_global_tokens, check_int, check_kvcache,
-                        check_key_padding_mask, check_no_grad, check_qk_v, check_qkv, check_rotation_size,
+                        check_key_padding_mask, check_n_buckets, check_no_grad, check_qk_v, check_qkv,
+                        check_rotation_size,
                         check_rotations, check_seed, check_sinks, check_softcap, check_varlen, check_window,
                         resolve_scale)
 
@@ -154,25 +156,26 @@ def attention_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     return (out, lse) if return_lse else out
 
 
-def lsh_rotations(heads: int, head_dim: int, n_hashes: int, n_buckets: int, *, seed: int | None = None,
+def lsh_rotations(heads: int, head_dim: int, n_hashes: int, n_buckets, *, seed: int | None = None,
                   device=None) -> torch.Tensor:
-    """The random rotations (heads, head_dim, n_hashes, n_buckets // 2) float32 that lsh_attention draws.
+    """The random rotations (heads, head_dim, n_hashes, n_buckets // 2) float32 that lsh_attention draws; with
+    factorized buckets (n_buckets a list of even factors) the last dim is the sum of each factor // 2.
 
     With `seed`, a private generator seeded with it (the global RNG is untouched); these are the numbers Hugging
     Face's LSHSelfAttention draws after `torch.manual_seed(hash_seed)` (float32 models). Without, the global RNG.
     """
     seed = check_seed(seed)
     check_rotation_size(heads, head_dim, n_hashes, n_buckets)
-    shape = (heads, head_dim, n_hashes, n_buckets // 2)
+    shape = (heads, head_dim, n_hashes, check_n_buckets(n_buckets)[2])
     if device is not None and torch.device(device).type == "meta":   # shapes only: nothing to draw
         return torch.empty(shape, dtype=torch.float32, device=device)
     if seed is None:
         return torch.randn(shape, dtype=torch.float32, device=device)
-    generator = torch.Generator(device=device or "cpu").manual_seed(seed)
-    return torch.randn(shape, dtype=torch.float32, device=device, generator=generator)
+    # through an operator: a private generator inside torch.compile'd code would break the graph
+    return lsh_rotations_seeded(*shape, seed >> 32, seed & 0xFFFFFFFF, torch.device(device or "cpu"))
 
 
-def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int, n_buckets: int, chunk_length: int,
+def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int, n_buckets, chunk_length: int,
                   chunks_before: int = 1, chunks_after: int = 0, causal: bool = False,
                   rotations: torch.Tensor | None = None, seed: int | None = None, buckets: torch.Tensor | None = None,
                   key_padding_mask: torch.Tensor | None = None, return_lse: bool = False,
@@ -183,7 +186,9 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int, n_buckets
     padding in key_padding_mask (B, S) bool, True = real token), or S <= chunk_length (then no hashing: one round of
     ordinary attention). Hashing: n_hashes rounds of argmax(concat(qk R, -qk R)) over n_buckets (even) buckets,
     with rotations R (H, D, n_hashes, n_buckets // 2) given, or drawn from a private generator seeded with `seed`,
-    or from the global RNG; or pass `buckets` (B, H, n_hashes, S) to skip hashing. Each round's items are sorted by
+    or from the global RNG; or pass `buckets` (B, H, n_hashes, S) to skip hashing. n_buckets=[f0, f1, ...] (even
+    factors) factorizes as Hugging Face does: factor i takes the next f_i // 2 rotation columns, and the bucket is
+    sum_i argmax_i * f0 * ... * f_{i-1}, of f0 * f1 * ... buckets. Each round's items are sorted by
     (bucket, position) and cut into chunks; a chunk attends chunks_before chunks back and chunks_after ahead
     (cyclic). Keys are qk normalised to unit RMS / sqrt(D); queries are raw qk. Scores of padding keys (and later
     keys when causal) are replaced by -1e9, then the token's own score by -1e5. Rounds combine by log-sum-exp.
@@ -193,9 +198,8 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int, n_buckets
     check_qk_v(qk, v)
     B, S, H, D = qk.shape
     n_hashes = check_int("n_hashes", n_hashes, 1, 64)
-    n_buckets = check_int("n_buckets", n_buckets, 2, 1 << 24)
-    if n_buckets % 2:
-        raise ValueError(f"n_buckets: got {n_buckets}; expected an even number (argmax over xR and -xR)")
+    n_buckets_arg = n_buckets
+    n_buckets, bucket_factors, columns = check_n_buckets(n_buckets)
     chunk_length = check_int("chunk_length", chunk_length, 1)
     chunks_before = check_int("chunks_before", chunks_before, 0, 32)
     chunks_after = check_int("chunks_after", chunks_after, 0, 32 - chunks_before)
@@ -215,16 +219,16 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int, n_buckets
     if buckets is not None:
         buckets = check_buckets(buckets, B, H, S, n_hashes, n_buckets, qk.device)
     elif S > chunk_length or return_buckets:  # hashing needed
-        check_rotation_size(H, D, n_hashes, n_buckets)
+        check_rotation_size(H, D, n_hashes, n_buckets_arg)
         if rotations is None:
-            rotations = lsh_rotations(H, D, n_hashes, n_buckets, seed=seed, device=qk.device)
-        rotations = check_rotations(rotations, H, D, n_hashes, n_buckets, qk.device)
+            rotations = lsh_rotations(H, D, n_hashes, n_buckets_arg, seed=seed, device=qk.device)
+        rotations = check_rotations(rotations, H, D, n_hashes, columns, qk.device)
     else:
         rotations = None
     check_no_grad(qk, v)
     out, lse, buckets_out = lsh_attention_fwd(qk, v, n_hashes, n_buckets, chunk_length, chunks_before,
                                               chunks_after, causal, rotations, buckets, key_padding_mask,
-                                              return_buckets)
+                                              return_buckets, bucket_factors)
     result = (out,) + ((lse,) if return_lse else ()) + ((buckets_out,) if return_buckets else ())
     return result if len(result) > 1 else out
 

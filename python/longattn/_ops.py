@@ -229,7 +229,7 @@ def attention_with_kvcache_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
 
 
 def _lsh_fake(qk, v, n_hashes, n_buckets, chunk_length, chunks_before, chunks_after, causal, rotations, buckets,
-              key_padding_mask, return_buckets):
+              key_padding_mask, return_buckets, bucket_factors=()):
     B, S, H, _ = qk.shape
     out = qk.new_empty((B, S, H, v.shape[3]))
     lse = qk.new_empty((B, H, S), dtype=torch.float32)
@@ -239,14 +239,16 @@ def _lsh_fake(qk, v, n_hashes, n_buckets, chunk_length, chunks_before, chunks_af
 
 @_operator("lsh_attention_fwd(Tensor qk, Tensor v, SymInt n_hashes, SymInt n_buckets, SymInt chunk_length, "
            "SymInt chunks_before, SymInt chunks_after, bool causal, Tensor? rotations, Tensor? buckets, "
-           "Tensor? key_padding_mask, bool return_buckets) -> (Tensor, Tensor, Tensor)", _lsh_fake)
+           "Tensor? key_padding_mask, bool return_buckets, SymInt[] bucket_factors=[]) -> (Tensor, Tensor, Tensor)",
+           _lsh_fake)
 def lsh_attention_fwd(qk: torch.Tensor, v: torch.Tensor, n_hashes: int, n_buckets: int, chunk_length: int,
                       chunks_before: int, chunks_after: int, causal: bool, rotations: Optional[torch.Tensor],
                       buckets: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
-                      return_buckets: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      return_buckets: bool, bucket_factors=()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LSH attention forward (docs/semantics.md: lsh_attention), arguments already validated; rotations float32 and
-    buckets int64 are contiguous. Returns (out (B, S, H, Dv), lse (B, H, S) float32, buckets (B, H, n_hashes, S) int64, or an empty
-    (0,) tensor unless return_buckets)."""
+    buckets int64 are contiguous; n_buckets the total, bucket_factors its factors when factorized ([] if not).
+    Returns (out (B, S, H, Dv), lse (B, H, S) float32, buckets (B, H, n_hashes, S) int64, or an empty (0,) tensor
+    unless return_buckets)."""
     B, S, H, D = qk.shape
     Dv = v.shape[3]
     backend = _backend.of(qk)
@@ -264,5 +266,28 @@ def lsh_attention_fwd(qk: torch.Tensor, v: torch.Tensor, n_hashes: int, n_bucket
         backend, (B, S, H, D, Dv), _bsh_strides(qk), _bsh_strides(v), _bsh_strides(out),
         (lse.stride(0), lse.stride(1)), (n_hashes, n_buckets, chunk_length, chunks_before, chunks_after), causal,
         0 if rotations is None else rotations.data_ptr(), 0 if buckets is None else buckets.data_ptr(),
-        buckets_out.data_ptr() if return_buckets else 0, m_ptr, m_strides, _stream_handle(qk.device, backend))
+        buckets_out.data_ptr() if return_buckets else 0, m_ptr, m_strides, _stream_handle(qk.device, backend),
+        [int(f) for f in bucket_factors])
     return out, lse, buckets_out
+
+
+def _rotations_fake(heads, head_dim, n_hashes, columns, seed_hi, seed_lo, device):
+    return torch.empty((heads, head_dim, n_hashes, columns), dtype=torch.float32, device=device)
+
+
+def _rotations_kernel(heads, head_dim, n_hashes, columns, seed_hi, seed_lo, device):
+    """Rotations drawn from a private generator seeded with seed_hi * 2^32 + seed_lo (a 64-bit seed in two schema
+    ints). An operator, so that torch.compile(fullgraph=True) treats the draw as one opaque node instead of breaking
+    the graph on the torch.Generator."""
+    if device.type == "meta":
+        return _rotations_fake(heads, head_dim, n_hashes, columns, seed_hi, seed_lo, device)
+    generator = torch.Generator(device=device).manual_seed((seed_hi << 32) | seed_lo)
+    return torch.randn((heads, head_dim, n_hashes, columns), dtype=torch.float32, device=device, generator=generator)
+
+
+# No tensor arguments: one kernel for every device (CompositeExplicitAutograd), chosen by the `device` argument.
+_LIB.define("lsh_rotations_seeded(SymInt heads, SymInt head_dim, SymInt n_hashes, SymInt columns, int seed_hi, "
+            "int seed_lo, Device device) -> Tensor")
+_LIB.impl("lsh_rotations_seeded", _rotations_kernel, "CompositeExplicitAutograd")
+torch.library.register_fake("longattn::lsh_rotations_seeded", _rotations_fake, lib=_LIB)
+lsh_rotations_seeded = torch.ops.longattn.lsh_rotations_seeded.default

@@ -209,12 +209,45 @@ def check_qk_v(qk, v) -> None:
         raise ValueError(f"device: got {qk.device}; supported devices: cpu (and meta, for shapes)")
 
 
-def check_rotations(rotations, heads: int, head_dim: int, n_hashes: int, n_buckets: int, device):
+def check_n_buckets(n_buckets) -> tuple[int, list[int], int]:
+    """An even int, or a sequence of even ints: factorized buckets (Hugging Face Reformer's num_buckets=[f0, f1, ...]).
+    Returns (the number of buckets, the factors ([] for an int or a single factor), rotation columns: n_buckets // 2,
+    or the sum of each factor // 2)."""
+    if _is_int(n_buckets):
+        total = check_int("n_buckets", n_buckets, 2, 1 << 24)
+        if total % 2:
+            raise ValueError(f"n_buckets: got {total}; expected an even number (argmax over xR and -xR)")
+        return total, [], total // 2
+    if isinstance(n_buckets, (list, tuple)):
+        if not 1 <= len(n_buckets) <= 16:
+            raise ValueError(f"n_buckets: got {len(n_buckets)} factors {list(n_buckets)!r}; expected an even int, or "
+                             "1 to 16 even factors")
+        total = 1
+        for i, f in enumerate(n_buckets):
+            if not _is_int(f):
+                raise TypeError(f"n_buckets[{i}]: got {f!r} ({type(f).__name__}); expected an int")
+            if f < 2 or f % 2:
+                raise ValueError(f"n_buckets[{i}]: got {f}; expected an even int >= 2 (each factor hashes by an "
+                                 "argmax over xR and -xR)")
+            total *= int(f)
+            if total > 1 << 24:
+                raise ValueError(f"n_buckets: the factors {list(n_buckets)!r} make more than 2^24 buckets; expected "
+                                 "at most 2^24")
+        factors = [int(f) for f in n_buckets]
+        if len(factors) == 1:
+            return total, [], total // 2
+        return total, factors, sum(f // 2 for f in factors)
+    raise TypeError(f"n_buckets: got {n_buckets!r} ({type(n_buckets).__name__}); expected an even int, or a list of "
+                    "even ints (factorized buckets)")
+
+
+def check_rotations(rotations, heads: int, head_dim: int, n_hashes: int, columns: int, device):
+    """columns: the rotation columns per round (n_buckets // 2, or the sum of each factor // 2)."""
     check_tensor("rotations", rotations)
-    expected = (heads, head_dim, n_hashes, n_buckets // 2)
+    expected = (heads, head_dim, n_hashes, columns)
     if tuple(rotations.shape) != expected:
         raise ValueError(f"rotations: got shape {_shape(rotations)}; expected (heads, head_dim, n_hashes, "
-                         f"n_buckets // 2) = {expected}")
+                         f"n_buckets // 2, or the sum of each bucket factor // 2) = {expected}")
     if not rotations.dtype.is_floating_point:
         raise ValueError(f"rotations: dtype {rotations.dtype}; expected a floating-point tensor (used as float32)")
     if rotations.device != device:
@@ -428,10 +461,11 @@ def check_seed(seed) -> int | None:
     return int(seed)
 
 
-def check_rotation_size(heads: int, head_dim: int, n_hashes: int, n_buckets: int) -> None:
-    """Hashing holds (heads, head_dim, n_hashes, n_buckets / 2) float32 rotations (and a transposed copy): refuse
-    sizes that would ask the allocator for more than MAX_ROTATION_BYTES before anything is drawn."""
-    nbytes = 4 * heads * head_dim * n_hashes * (n_buckets // 2)
+def check_rotation_size(heads: int, head_dim: int, n_hashes: int, n_buckets) -> None:
+    """Hashing holds (heads, head_dim, n_hashes, columns) float32 rotations (and a transposed copy): refuse sizes that
+    would ask the allocator for more than MAX_ROTATION_BYTES before anything is drawn. n_buckets: int or factors."""
+    columns = check_n_buckets(n_buckets)[2]
+    nbytes = 4 * heads * head_dim * n_hashes * columns
     if nbytes > MAX_ROTATION_BYTES:
         raise ValueError(f"n_buckets: {n_buckets} buckets x {n_hashes} hashes for {heads} heads of dim {head_dim} "
                          f"need {nbytes / 2**30:.1f} GiB of rotations (limit {MAX_ROTATION_BYTES / 2**30:.0f} GiB); "

@@ -154,16 +154,26 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k=None, v=None
 # ---- Reformer's bucketed-LSH attention -------------------------------------------------------------------------------
 
 def lsh_hash(qk: torch.Tensor, rotations: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-             compute_dtype=torch.float64) -> torch.Tensor:
+             compute_dtype=torch.float64, n_buckets=None) -> torch.Tensor:
     """Buckets (B, H, n_hashes, S) int64 of LSH step 2.
 
     Round r of token t: argmax over concat(x R_r, -x R_r) with x = qk[b, t, h] and R_r = rotations[h, :, r, :]
     (the first maximal index wins); a padded token (key_padding_mask False) goes to the extra bucket n_buckets.
+    n_buckets=[f0, f1, ...] (factorized): factor i takes the next f_i / 2 columns of R_r, b_i is the argmax over
+    them and their negatives, and the bucket is b_0 + f0 * (b_1 + f1 * (b_2 + ...)), of f0 * f1 * ... buckets.
+    None: one factor, 2 * (the columns of R_r).
     """
-    n_buckets = 2 * rotations.shape[-1]
+    factors = [2 * rotations.shape[-1]] if n_buckets is None else (
+        [n_buckets] if isinstance(n_buckets, int) else list(n_buckets))
+    assert sum(f // 2 for f in factors) == rotations.shape[-1], "rotations do not match the bucket factors"
+    n_buckets = math.prod(factors)
     x = qk.to(compute_dtype).transpose(1, 2)                                    # (B, H, S, D)
-    rotated = torch.einsum("bhsd,hdrk->bhrsk", x, rotations.to(compute_dtype))  # (B, H, n_hashes, S, n_buckets/2)
-    buckets = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)             # torch.argmax: first maximal index
+    rotated = torch.einsum("bhsd,hdrk->bhrsk", x, rotations.to(compute_dtype))  # (B, H, n_hashes, S, columns)
+    buckets, first, place = 0, 0, 1
+    for f in factors:
+        part = rotated[..., first:first + f // 2]
+        buckets = buckets + place * torch.cat([part, -part], dim=-1).argmax(dim=-1)  # first maximal index wins
+        first, place = first + f // 2, place * f
     if key_padding_mask is not None:
         buckets = buckets.masked_fill(~key_padding_mask[:, None, None, :], n_buckets)
     return buckets

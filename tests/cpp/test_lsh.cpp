@@ -213,6 +213,62 @@ INSTANTIATE_TEST_SUITE_P(Sweep, LshVsNaive,
                                   describe(std::get<0>(info.param)) + "_" + std::to_string(info.index);
                          });
 
+// Factorized buckets (bucket_factors {4, 6}, 24 buckets): each bucket's factor digits are the argmax of that factor's
+// own rotation columns; padding gets 24; the attention over those buckets is the spec's.
+TEST(Lsh, FactorizedBucketsAreDigitsOfPerFactorArgmaxes) {
+  const LshCase c{1, 128, 2, 16, 16, 2, 24, 32, 1, 0, false, true};
+  const int64_t factors[] = {4, 6}, columns = 2 + 3;
+  LshData d = make_data(c, 5);
+  std::mt19937 rng(6);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  d.rotations.resize(c.heads * c.head_dim * c.n_hashes * columns);
+  for (auto& x : d.rotations) x = dist(rng);
+  const CpuIsa saved = active_cpu_isa();
+  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+    if (!set_cpu_isa(isa).ok()) continue;  // not on this CPU
+    std::vector<float> out, lse;
+    std::vector<int64_t> buckets;
+    LshAttentionParams p = make_params(c, d, &out, &lse, &buckets);
+    p.bucket_factors = factors;
+    p.n_bucket_factors = 2;
+    const Status st = lsh_attention_forward(p);
+    ASSERT_TRUE(st.ok()) << st.message;
+    const int64_t S = c.seqlen, H = c.heads, D = c.head_dim;
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t r = 0; r < c.n_hashes; ++r)
+        for (int64_t t = 0; t < S; ++t) {
+          const int64_t got = buckets[(h * c.n_hashes + r) * S + t];
+          if (!d.mask[t]) {
+            ASSERT_EQ(got, 24) << cpu_isa_name(isa);
+            continue;
+          }
+          ASSERT_GE(got, 0);
+          ASSERT_LT(got, 24);
+          int64_t rest = got, column0 = 0;
+          for (int64_t f : factors) {
+            std::vector<double> proj(f);
+            for (int64_t j = 0; j < f / 2; ++j) {
+              double x = 0;
+              for (int64_t e = 0; e < D; ++e)
+                x += double(d.qk[(t * H + h) * D + e]) *
+                     double(d.rotations[((h * D + e) * c.n_hashes + r) * columns + column0 + j]);
+              proj[j] = x;
+              proj[f / 2 + j] = -x;
+            }
+            const double best = *std::max_element(proj.begin(), proj.end());
+            ASSERT_NEAR(proj[rest % f], best, 1e-4 * (1 + std::fabs(best)))
+                << cpu_isa_name(isa) << ": factor " << f << " of token " << t;
+            rest /= f;
+            column0 += f / 2;
+          }
+        }
+    std::vector<double> ref_out, ref_lse;
+    naive_lsh(c, d, buckets, &ref_out, &ref_lse);
+    for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref_out[i], 3e-5) << "out element " << i;
+  }
+  set_cpu_isa(saved);
+}
+
 TEST(Lsh, RejectsBadParams) {
   const LshCase c{1, 64, 1, 8, 8, 1, 4, 32, 1, 0, false, false};
   const LshData d = make_data(c, 1);
@@ -237,9 +293,20 @@ TEST(Lsh, RejectsBadParams) {
   given[10] = 4;  // the padding bucket is accepted
   EXPECT_TRUE(lsh_attention_forward(p).ok());
   p.qk_stride.head = -p.qk_stride.head;  // negative strides are refused, by name
-  const Status st = lsh_attention_forward(p);
+  Status st = lsh_attention_forward(p);
   EXPECT_EQ(st.code, StatusCode::kInvalidArgument);
   EXPECT_NE(st.message.find("qk_stride.head"), std::string::npos) << st.message;
+  p.qk_stride.head = -p.qk_stride.head;
+  const int64_t odd[] = {2, 3}, mismatch[] = {2, 4};  // a factor that is odd; factors whose product is not n_buckets
+  p.bucket_factors = odd;
+  p.n_bucket_factors = 2;
+  st = lsh_attention_forward(p);
+  EXPECT_EQ(st.code, StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message.find("bucket_factors[1]"), std::string::npos) << st.message;
+  p.bucket_factors = mismatch;
+  st = lsh_attention_forward(p);
+  EXPECT_EQ(st.code, StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message.find("product is 8"), std::string::npos) << st.message;
 }
 
 }  // namespace

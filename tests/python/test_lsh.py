@@ -1,5 +1,7 @@
 """longattn.lsh_attention against the float64 oracle, the hashing rule, seeds, and the error rules."""
 
+import math
+
 import pytest
 import torch
 
@@ -127,6 +129,50 @@ def test_hashing_matches_argmax_on_every_cpu_path(cpu_isa):
     check_buckets_are_argmax(qk, rotations, buckets)
 
 
+@pytest.mark.parametrize("factors", [[2, 2], [4, 6], [8, 2, 10], [38, 36]])
+def test_factorized_hashing_matches_the_oracle_on_every_cpu_path(cpu_isa, factors):
+    """n_buckets=[f0, f1, ...]: per-factor argmax over its own rotation columns, combined b0 + f0 (b1 + f1 (...));
+    padded tokens go to the bucket prod(f). Rotation counts that are not multiples of the micro-kernel's row block
+    (37 columns for [38, 36]) test the edges."""
+    qk, v = inputs(2, 240, 3, 24)
+    columns = sum(f // 2 for f in factors)
+    rotations = torch.randn(3, 24, 3, columns)
+    valid = torch.ones(2, 240, dtype=torch.bool)
+    valid[1, 200:] = False
+    out, lse, buckets = longattn.lsh_attention(qk, v, n_hashes=3, n_buckets=factors, chunk_length=30,
+                                               rotations=rotations, key_padding_mask=valid, return_lse=True,
+                                               return_buckets=True)
+    real = valid[:, None, None, :].expand_as(buckets)
+    assert (buckets[~real] == math.prod(factors)).all()
+    # each factor's digit of the bucket is a maximal entry of its own concat(xR, -xR) (float32 near-ties aside)
+    proj = torch.einsum("bhsd,hdrk->bhrsk", qk.double().transpose(1, 2), rotations.double())
+    rest, first = buckets.clamp(max=math.prod(factors) - 1), 0
+    for f in factors:
+        part = torch.cat([proj[..., first:first + f // 2], -proj[..., first:first + f // 2]], -1)
+        got = part.gather(-1, (rest % f)[..., None])[..., 0]
+        best = part.max(-1).values
+        assert ((best - got)[real] <= 1e-4 * (1 + best.abs()[real])).all()
+        rest, first = rest // f, first + f // 2
+    exact = reference.lsh_hash(qk, rotations, valid, n_buckets=factors)
+    assert (exact == buckets).float().mean() > 0.999   # ties are rare with random data
+    ref_out, ref_lse = reference.lsh_attention(qk, v, buckets, chunk_length=30, key_padding_mask=valid)
+    torch.testing.assert_close(out.double(), ref_out, rtol=0, atol=2e-6)
+    torch.testing.assert_close(lse.double(), ref_lse, rtol=2e-7, atol=2e-6)
+    # seed= draws (H, D, n_hashes, columns) rotations, as lsh_rotations does with the same factors
+    a = longattn.lsh_attention(qk, v, n_hashes=3, n_buckets=factors, chunk_length=30, seed=7)
+    b = longattn.lsh_attention(qk, v, n_hashes=3, n_buckets=factors, chunk_length=30,
+                               rotations=longattn.lsh_rotations(3, 24, 3, factors, seed=7))
+    assert torch.equal(a, b)
+
+
+def test_a_single_factor_is_the_int_case():
+    qk, v = inputs(1, 128, 2, 16)
+    kw = dict(n_hashes=2, chunk_length=32, seed=3, return_buckets=True)
+    out_list, b_list = longattn.lsh_attention(qk, v, n_buckets=[8], **kw)
+    out_int, b_int = longattn.lsh_attention(qk, v, n_buckets=8, **kw)
+    assert torch.equal(out_list, out_int) and torch.equal(b_list, b_int)
+
+
 def test_ties_pick_the_first_maximal_index():
     # x = e_0 and R with equal columns: every entry of xR ties, and max(xR) == max(-xR) when xR = 0.
     qk = torch.zeros(1, 64, 1, 4)
@@ -218,6 +264,18 @@ def test_torch_compile_fullgraph():
     qk, v = inputs(1, 128, 2, 16)
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(qk, v), f(qk, v), atol=0, rtol=0)
 
+    def g(qk, v):  # factorized: the factors are schema ints
+        return longattn.lsh_attention(qk, v, n_hashes=2, n_buckets=[4, 4], chunk_length=32, rotations=rotations)
+
+    torch.testing.assert_close(torch.compile(g, fullgraph=True)(qk, v), g(qk, v), atol=0, rtol=0)
+
+    def seeded(qk, v):  # seed=: the rotations are drawn by an operator, no graph break, the same numbers
+        return longattn.lsh_attention(qk, v, n_hashes=2, n_buckets=[4, 4], chunk_length=32, seed=2**64 - 5)
+
+    torch.testing.assert_close(torch.compile(seeded, fullgraph=True)(qk, v), seeded(qk, v), atol=0, rtol=0)
+    rot = torch.compile(lambda: longattn.lsh_rotations(2, 16, 2, 8, seed=11), fullgraph=True)()
+    assert torch.equal(rot, torch.randn(2, 16, 2, 4, generator=torch.Generator().manual_seed(11)))
+
 
 def test_custom_op_passes_opcheck():
     qk, v = inputs(1, 64, 2, 16)
@@ -225,6 +283,9 @@ def test_custom_op_passes_opcheck():
     mask = torch.ones(1, 64, dtype=torch.bool)
     torch.library.opcheck(torch.ops.longattn.lsh_attention_fwd.default,
                           (qk, v, 2, 4, 16, 1, 0, True, rotations, None, mask, True),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    torch.library.opcheck(torch.ops.longattn.lsh_attention_fwd.default,
+                          (qk, v, 2, 8, 16, 1, 0, False, torch.randn(2, 16, 2, 3), None, None, True, [2, 4]),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
@@ -240,7 +301,16 @@ QK = torch.randn(2, 64, 2, 8)
 @pytest.mark.parametrize("kwargs,exc,pattern", [
     (dict(n_buckets=5), ValueError, r"n_buckets: got 5; expected an even number"),
     (dict(n_buckets=0), ValueError, r"n_buckets: got 0; expected an int 2\.\."),
-    (dict(n_buckets=4.0), TypeError, r"n_buckets: expected an int, got 4.0"),
+    (dict(n_buckets=4.0), TypeError, r"n_buckets: got 4.0 \(float\); expected an even int, or a list of even ints"),
+    (dict(n_buckets=[4, 3]), ValueError, r"n_buckets\[1\]: got 3; expected an even int >= 2"),
+    (dict(n_buckets=[4, 0]), ValueError, r"n_buckets\[1\]: got 0; expected an even int >= 2"),
+    (dict(n_buckets=[4, "2"]), TypeError, r"n_buckets\[1\]: got '2' \(str\); expected an int"),
+    (dict(n_buckets=[]), ValueError, r"n_buckets: got 0 factors \[\]; expected an even int, or 1 to 16 even"),
+    (dict(n_buckets=[4096, 8192]), ValueError, r"n_buckets: the factors \[4096, 8192\] make more than 2\^24"),
+    (dict(n_buckets=[2, 4], rotations=torch.randn(2, 8, 2, 4)), ValueError,
+     r"rotations: got shape \(2, 8, 2, 4\); expected .* = \(2, 8, 2, 3\)"),
+    (dict(n_buckets=[2, 4], buckets=torch.full((2, 2, 2, 64), 9)), ValueError,
+     r"buckets: values range over 9\.\.9; expected 0\.\.7"),
     (dict(n_hashes=0), ValueError, r"n_hashes: got 0; expected an int 1\.\.64"),
     (dict(chunk_length=0), ValueError, r"chunk_length: got 0; expected an int >= 1"),
     (dict(chunk_length=48), ValueError, r"seq: got S = 64, not a multiple of chunk_length = 48; pad qk and v to "
@@ -250,7 +320,8 @@ QK = torch.randn(2, 64, 2, 8)
     (dict(causal=None), TypeError, r"causal: expected a bool"),
     (dict(seed=1.5), TypeError, r"seed: expected None or an int"),
     (dict(rotations=torch.randn(2, 8, 2, 3)), ValueError,
-     r"rotations: got shape \(2, 8, 2, 3\); expected \(heads, head_dim, n_hashes, n_buckets // 2\) = \(2, 8, 2, 2\)"),
+     r"rotations: got shape \(2, 8, 2, 3\); expected \(heads, head_dim, n_hashes, n_buckets // 2, or the sum of each "
+     r"bucket factor // 2\) = \(2, 8, 2, 2\)"),
     (dict(rotations=torch.ones(2, 8, 2, 2, dtype=torch.int64)), ValueError, r"rotations: dtype torch.int64"),
     (dict(rotations=torch.randn(2, 8, 2, 2), seed=1), ValueError, r"rotations, seed: both given"),
     (dict(buckets=torch.zeros(2, 2, 2, 63, dtype=torch.int64)), ValueError,

@@ -94,31 +94,42 @@ def make_layer(config, seed=0):
     return layer
 
 
+def factors_of(n_buckets):
+    """HF's num_buckets (an int or a list of factors) as a list of factors."""
+    return [n_buckets] if isinstance(n_buckets, int) else list(n_buckets)
+
+
 def seed_rotations(heads, head_dim, n_hashes, n_buckets, seed):
-    """What HF's torch.manual_seed(seed); torch.randn(shape) draws, from a private generator (LSH step 1)."""
-    return torch.randn((heads, head_dim, n_hashes, n_buckets // 2), generator=torch.Generator().manual_seed(seed))
+    """What HF's torch.manual_seed(seed); torch.randn(shape) draws, from a private generator (LSH step 1): its
+    rotation size is the sum of the factors, so the last dim is the sum of each factor // 2."""
+    columns = sum(f // 2 for f in factors_of(n_buckets))
+    return torch.randn((heads, head_dim, n_hashes, columns), generator=torch.Generator().manual_seed(seed))
 
 
 def hf_buckets(buckets, n_buckets, batch_has_padding):
-    """HF's returned buckets minus its round offsets r * (n_buckets [+ 1 when any token of the batch is padding])."""
-    per_round = n_buckets + (1 if batch_has_padding else 0)
+    """HF's returned buckets minus its round offsets r * (n_buckets [+ 1 when any token of the batch is padding]),
+    n_buckets the product of the factors."""
+    per_round = math.prod(factors_of(n_buckets)) + (1 if batch_has_padding else 0)
     return buckets - per_round * torch.arange(buckets.shape[2]).view(1, 1, -1, 1)
 
 
-def assert_no_near_ties(qk, rotations):
-    """Precondition for comparing buckets exactly: no token's top two hash scores are within float32 reach of each
-    other (else fp32 HF and fp32 longattn may legitimately pick different buckets). A D-term float32 dot product is
-    within D * 2^-24 * |x| |r| of exact whatever the summation order, so two of them cannot swap unless their exact
-    gap is below twice that. Fixed seeds: deterministic."""
+def assert_no_near_ties(qk, rotations, n_buckets=None):
+    """Precondition for comparing buckets exactly: no token's top two hash scores (within each bucket factor's
+    columns) are within float32 reach of each other (else fp32 HF and fp32 longattn may legitimately pick different
+    buckets). A D-term float32 dot product is within D * 2^-24 * |x| |r| of exact whatever the summation order, so
+    two of them cannot swap unless their exact gap is below twice that. Fixed seeds: deterministic."""
     rel = 2 * qk.shape[-1] * 2.0 ** -24
     x = qk.double().transpose(1, 2)
     r = rotations.double()
     rotated = torch.einsum("bhsd,hdrk->bhrsk", x, r)
-    both = torch.cat([rotated, -rotated], -1)
-    top2 = both.topk(2, dim=-1).values
     scale = x.norm(dim=-1)[:, :, None, :] * r.norm(dim=1).amax(-1)[None, :, :, None]
-    margin = ((top2[..., 0] - top2[..., 1]) / scale).min().item()
-    assert margin > rel, f"test data has a near-tie in the hash (relative margin {margin:.2g}): change the seed"
+    first = 0
+    for f in factors_of(n_buckets) if n_buckets is not None else [2 * rotations.shape[-1]]:
+        part = rotated[..., first:first + f // 2]
+        first += f // 2
+        top2 = torch.cat([part, -part], -1).topk(2, dim=-1).values
+        margin = ((top2[..., 0] - top2[..., 1]) / scale).min().item()
+        assert margin > rel, f"test data has a near-tie in the hash (relative margin {margin:.2g}): change the seed"
 
 
 def run_hf(layer, hidden, attention_mask):
@@ -188,9 +199,9 @@ def check_case(heads, head_dim, n_hashes, n_buckets, chunk, before, after, causa
         expected = hf_buckets(hf_b, n_buckets, padded)
         assert hf_b.shape == (batch, heads, n_hashes, seqlen) and hf_b.dtype == torch.int64
         rotations = seed_rotations(heads, head_dim, n_hashes, n_buckets, HASH_SEED)
-        assert_no_near_ties(qk, rotations)
+        assert_no_near_ties(qk, rotations, n_buckets)
         # HF hashed with exactly these rotations (the oracle's hash reproduces its buckets): seed equivalence
-        assert torch.equal(reference.lsh_hash(qk, rotations, valid), expected)
+        assert torch.equal(reference.lsh_hash(qk, rotations, valid, n_buckets=n_buckets), expected)
         out, lse, buckets = longattn.lsh_attention(qk, v, seed=HASH_SEED, return_lse=True, return_buckets=True,
                                                    **kwargs)
         assert buckets.dtype == torch.int64 and buckets.shape == expected.shape
@@ -218,6 +229,29 @@ CASES = [
     (2, 64, 4, 16, 32, 1, 1, True, 128),
     (2, 16, 4, 4, 16, 0, 0, True, 64),
 ]
+
+
+# Factorized buckets, as HF's num_buckets=[f0, f1, ...] (its own choice for long inputs is [2^(k//2), 2^(k-k//2)]).
+FACTORIZED_CASES = [
+    (2, 16, 1, [2, 4], 16, 1, 0, False, 64),
+    (4, 32, 2, [4, 4], 32, 1, 0, False, 128),
+    (2, 64, 4, [4, 8], 16, 1, 0, True, 128),
+    (3, 32, 2, [2, 6, 4], 16, 1, 1, False, 192),
+    (2, 16, 2, [8], 16, 1, 0, True, 64),   # a single factor is the int case
+]
+
+
+@pytest.mark.parametrize("case", FACTORIZED_CASES, ids=lambda c: "H{}D{}x{}nb{}c{}{}S{}".format(
+    *c[:3], "x".join(map(str, c[3])), c[4], "causal" if c[7] else "", c[8]))
+def test_factorized_buckets_match_hf(case):
+    check_case(*case, seed=2)  # data seed 2: no float32 near-tie in any of these hashes (checked by the case)
+
+
+def test_factorized_buckets_with_padding():
+    valid = torch.ones(2, 128, dtype=torch.bool)
+    valid[0, 100:] = False
+    valid[1, :9] = False
+    check_case(2, 32, 2, [4, 8], 32, 1, 0, True, 128, valid=valid)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "H{}D{}x{}nb{}c{}b{}a{}{}S{}".format(

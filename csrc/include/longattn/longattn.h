@@ -154,6 +154,9 @@ Status check_params(const AttentionParams& params);
 //   lse (batch, heads, seqlen) float32, optional: log-sum-exp over the rounds
 // Buckets come from `buckets_in` when given, else from hashing with `rotations`. Hashing:
 //   bucket_r(t) = argmax(concat(qk_t R_r, -qk_t R_r)), first maximal index; a padded token gets n_buckets.
+// Factorized (bucket_factors f_0 .. f_{k-1}, n_buckets = their product): factor i takes the f_i / 2 rotation columns
+// after those of the factors before it, b_i = argmax(concat(qk_t R_r,i, -qk_t R_r,i)), and
+//   bucket_r(t) = sum_i b_i * (f_0 * ... * f_{i-1})            (Hugging Face Reformer's num_buckets=[f_0, f_1, ...]).
 // Then the n_hashes·seqlen (round, position) items are sorted stably by (round, bucket, position), cut into chunks of
 // chunk_length, and chunk c attends chunks c - chunks_before .. c + chunks_after (cyclic) with keys
 // qk·rsqrt(mean(qk²) + 1e-6)/sqrt(head_dim), queries qk, scores replaced by -1e9 (padding key, or a later key when
@@ -178,13 +181,17 @@ struct LshAttentionParams {
   int64_t lse_head_stride = 0;
 
   int64_t n_hashes = 1;
-  int64_t n_buckets = 2;  // even
+  int64_t n_buckets = 2;  // even; with bucket_factors, their product
+  // Optional: n_bucket_factors even factors >= 2 of n_buckets (factorized hashing, above); null = one factor.
+  const int64_t* bucket_factors = nullptr;
+  int64_t n_bucket_factors = 0;
   int64_t chunk_length = 64;
   int64_t chunks_before = 1;
   int64_t chunks_after = 0;
   bool causal = false;
 
-  // Contiguous float32 (heads, head_dim, n_hashes, n_buckets / 2); used when buckets_in is null.
+  // Contiguous float32 (heads, head_dim, n_hashes, lsh_rotation_columns(params)): n_buckets / 2 columns, or the sum
+  // of bucket_factors[i] / 2 when factorized; used when buckets_in is null.
   const float* rotations = nullptr;
   // Contiguous int64 (batch, heads, n_hashes, seqlen), values in [0, n_buckets]; null = hash with rotations.
   const int64_t* buckets_in = nullptr;
@@ -197,6 +204,14 @@ struct LshAttentionParams {
 
   void* stream = nullptr;
 };
+
+// Columns of the rotations per (head, round): n_buckets / 2, or the sum of bucket_factors[i] / 2 when factorized.
+inline int64_t lsh_rotation_columns(const LshAttentionParams& p) {
+  if (!p.bucket_factors || p.n_bucket_factors < 1) return p.n_buckets / 2;
+  int64_t columns = 0;
+  for (int64_t i = 0; i < p.n_bucket_factors; ++i) columns += p.bucket_factors[i] / 2;
+  return columns;
+}
 
 Status lsh_attention_forward(const LshAttentionParams& params);
 Status check_lsh_params(const LshAttentionParams& params);
