@@ -195,43 +195,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, 
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError("group: torch.distributed is not initialised; call torch.distributed.init_process_group "
                          "(gloo for CPU tensors, nccl for CUDA tensors) on every rank first")
-    check_qkv(q, k, v)
-    if q.shape[1] != k.shape[1]:
-        raise ValueError(f"q, k: shards of {q.shape[1]} and {k.shape[1]} positions; context parallelism is for "
-                         "self-attention, with q, k and v sharded alike")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout: got {layout!r}; expected one of {', '.join(map(repr, LAYOUTS))}")
-    check_bool("causal", causal)
-    check_bool("return_lse", return_lse)
-    left, right = check_window(window, causal)
-    if causal:
-        right = 0
-    B, n, Hq, D = q.shape
-    Hk, Dv = k.shape[2], v.shape[3]
-    dil = check_dilation(dilation, Hq) or [1] * Hq
-    softcap = check_softcap(softcap)
-    scale = resolve_scale(scale, D)
-    check_no_grad(q, k, v)
-    comm = _Comm(group, q.device)
-    P, r = comm.world, comm.rank
-    S = n * P
-    if layout == "zigzag" and n % 2:
-        raise ValueError(f"layout: 'zigzag' cuts the sequence into 2P = {2 * P} equal chunks, two per rank; got a "
-                         f"shard of n = {n} positions, not even (S = {S} must divide by {2 * P})")
-    if global_tokens is not None:
-        if not isinstance(global_tokens, torch.Tensor):
-            raise TypeError(f"global_tokens: expected a torch.Tensor or None, got {type(global_tokens).__name__}")
-        if global_tokens.dtype != torch.bool or tuple(global_tokens.shape) != (B, S):
-            raise ValueError(f"global_tokens: got {global_tokens.dtype} shape {tuple(global_tokens.shape)}; expected "
-                             f"torch.bool (batch, whole sequence) = ({B}, {S}), the same on every rank")
-        if global_tokens.device != q.device:
-            raise ValueError(f"global_tokens: on {global_tokens.device}; expected the inputs' device {q.device}")
-        if not bool(global_tokens.any()):
-            global_tokens = None
-    description = (f"B={B} n={n} Hq={Hq} Hk={Hk} D={D} Dv={Dv} {q.dtype} layout={layout} causal={causal} "
-                   f"window=({left}, {right}) dilation={dil} softcap={softcap} scale={scale} lse={return_lse} "
-                   f"global_tokens={_global_tokens_digest(global_tokens)}")
-    _check_same_everywhere(comm, description, _options_hash(description, P))
+    # Every rank takes part in the options check even when its own arguments are bad, so that a rank's error never
+    # leaves the others waiting in a collective: its error joins the description compared across ranks.
+    comm = _Comm(group, _comm_device(group, q))
+    try:
+        (B, n, Hq, D, Hk, Dv, S, left, right, dil, softcap, scale, global_tokens) = _check_arguments(
+            q, k, v, comm.world, layout, causal, window, dilation, global_tokens, softcap, scale, return_lse)
+        description = (f"B={B} n={n} Hq={Hq} Hk={Hk} D={D} Dv={Dv} {q.dtype} layout={layout} causal={causal} "
+                       f"window=({left}, {right}) dilation={dil} softcap={softcap} scale={scale} lse={return_lse} "
+                       f"global_tokens={_global_tokens_digest(global_tokens)}")
+        error = None
+    except (TypeError, ValueError) as e:
+        description, error = f"{type(e).__name__}: {e}", e
+    _check_same_everywhere(comm, description, _options_hash(description, comm.world))
+    if error is not None:  # the same error on every rank
+        raise error
 
     acc_out = torch.zeros(B, n, Hq, Dv, dtype=torch.float32, device=q.device)
     acc_lse = torch.full((B, Hq, n), float("-inf"), dtype=torch.float32, device=q.device)
@@ -251,6 +229,51 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, 
         _global_rows(q, k, v, comm, layout, global_tokens, (acc_out, acc_lse), softcap, scale)
     out = acc_out.to(q.dtype)
     return (out, acc_lse) if return_lse else out
+
+
+def _comm_device(group, q) -> torch.device:
+    """Where the small tensors of the collectives live: NCCL needs the rank's CUDA device, gloo takes CPU tensors."""
+    import torch.distributed as dist
+
+    if dist.get_backend(group) == "nccl":
+        return q.device if isinstance(q, torch.Tensor) and q.is_cuda else torch.device("cuda",
+                                                                                       torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _check_arguments(q, k, v, P, layout, causal, window, dilation, global_tokens, softcap, scale, return_lse):
+    check_qkv(q, k, v)
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"q, k: shards of {q.shape[1]} and {k.shape[1]} positions; context parallelism is for "
+                         "self-attention, with q, k and v sharded alike")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: got {layout!r}; expected one of {', '.join(map(repr, LAYOUTS))}")
+    check_bool("causal", causal)
+    check_bool("return_lse", return_lse)
+    left, right = check_window(window, causal)
+    if causal:
+        right = 0
+    B, n, Hq, D = q.shape
+    Hk, Dv = k.shape[2], v.shape[3]
+    dil = check_dilation(dilation, Hq) or [1] * Hq
+    softcap = check_softcap(softcap)
+    scale = resolve_scale(scale, D)
+    check_no_grad(q, k, v)
+    S = n * P
+    if layout == "zigzag" and n % 2:
+        raise ValueError(f"layout: 'zigzag' cuts the sequence into 2P = {2 * P} equal chunks, two per rank; got a "
+                         f"shard of n = {n} positions, not even (S = {S} must divide by {2 * P})")
+    if global_tokens is not None:
+        if not isinstance(global_tokens, torch.Tensor):
+            raise TypeError(f"global_tokens: expected a torch.Tensor or None, got {type(global_tokens).__name__}")
+        if global_tokens.dtype != torch.bool or tuple(global_tokens.shape) != (B, S):
+            raise ValueError(f"global_tokens: got {global_tokens.dtype} shape {tuple(global_tokens.shape)}; expected "
+                             f"torch.bool (batch, whole sequence) = ({B}, {S}), the same on every rank")
+        if global_tokens.device != q.device:
+            raise ValueError(f"global_tokens: on {global_tokens.device}; expected the inputs' device {q.device}")
+        if not bool(global_tokens.any()):
+            global_tokens = None
+    return B, n, Hq, D, Hk, Dv, S, left, right, dil, softcap, scale, global_tokens
 
 
 # ---- dense / causal: the ring ----------------------------------------------------------------------------------

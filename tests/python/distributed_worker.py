@@ -78,15 +78,29 @@ def compare(case, q, k, v, opts, window, glob, layout, rank, world):
 
 
 def run_mismatch(case, rank, world):
-    """Ranks pass different options: every rank must raise the same ValueError, none may hang."""
+    """Ranks pass different options, or one rank's arguments are bad: every rank must raise a ValueError that names
+    what each rank passed, none may hang in a collective."""
     q = torch.randn(1, 32, 2, 8)
-    window = (4, 4) if rank == 0 else (4, 5)
+    raised = []
+    for bad_window in ((4, 5), (-2, 0)):
+        window = (4, 4) if rank == 0 else bad_window
+        try:
+            longattn.distributed.attention(q, q, q, window=window)
+        except ValueError as e:
+            assert "every rank must call" in str(e), str(e)
+            assert ("window=(4, 5)" if bad_window == (4, 5) else "rank 1: ValueError: window: the left bound is -2") \
+                in str(e), str(e)
+            raised.append(str(e)[:200])
+            continue
+        raise AssertionError(f"no error for window {window} on rank {rank}")
+    # the same bad argument on every rank: that error itself, everywhere
     try:
-        longattn.distributed.attention(q, q, q, window=window)
+        longattn.distributed.attention(q, q, q, window=(-2, 0))
     except ValueError as e:
-        assert "every rank must call" in str(e) and "window=(4, 5)" in str(e), str(e)
-        return {"raised": str(e)[:200]}
-    raise AssertionError("no error for mismatched windows")
+        assert str(e).startswith("window: the left bound is -2"), str(e)
+    else:
+        raise AssertionError("no error for window (-2, 0)")
+    return {"raised": raised}
 
 
 def main():
