@@ -348,7 +348,8 @@ def main() -> None:
           f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads), "
           f"transformers {hf_version}, reformer-pytorch {rp_version}")
     print(f"B{B} H{H} D{D}, n_hashes={N_HASHES}, chunk_length={CHUNK}, chunks_before={BEFORE}, "
-          f"chunks_after={AFTER}, n_buckets={'S/' + str(CHUNK) if args.buckets == 'paper' else 'HF choice'}; caps: HF S <= {args.hf_max_s}, reformer-pytorch S <= "
+          f"chunks_after={AFTER}, n_buckets={'S/' + str(CHUNK) if args.buckets == 'paper' else 'HF choice'}; "
+          f"caps: HF S <= {args.hf_max_s}, reformer-pytorch S <= "
           f"{args.rp_max_s}, peers' trial call <= {args.peer_max_call_s:g} s, dense S <= {args.dense_max_s}")
     started = time.time()
     skipped: dict = {}

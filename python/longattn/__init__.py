@@ -16,9 +16,8 @@ from ._ops import (attention_fwd, attention_with_kvcache_fwd, lsh_attention_fwd,
                    varlen_attention_fwd)
 from ._validate import (check_bool, check_buckets, check_dilation, check_global_tokens, check_int, check_kvcache,
                         check_key_padding_mask, check_n_buckets, check_no_grad, check_qk_v, check_qkv,
-                        check_rotation_size,
-                        check_rotations, check_seed, check_sinks, check_softcap, check_varlen, check_window,
-                        resolve_scale)
+                        check_rotation_size, check_rotations, check_seed, check_sinks, check_softcap, check_varlen,
+                        check_window, resolve_scale)
 
 __version__ = _C.version()
 

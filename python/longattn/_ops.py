@@ -202,7 +202,8 @@ def attention_with_kvcache_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
                                window_right: int, softcap: float, sinks: Optional[torch.Tensor], num_splits: int,
                                need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """KV-cache decoding forward (docs/semantics.md: attention_with_kvcache), arguments already validated: k, v (new
-    tokens) are appended to the caches in place, then attended. Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq) float32 or an empty (0,) tensor)."""
+    tokens) are appended to the caches in place, then attended. Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq)
+    float32 or an empty (0,) tensor)."""
     B, Sq, Hq, D = q.shape
     Hk, Dv = k_cache.shape[2], v_cache.shape[3]
     backend = _backend.of(q)

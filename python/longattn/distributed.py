@@ -343,7 +343,8 @@ def _halo(q, k, v, comm, layout, left, right, max_dilation, keys_visible, acc, o
         for x0, x1 in pieces(r, other):
             for (a0, a1), (kk, vv) in list(local.items()):
                 if a0 <= x0 and x1 <= a1:
-                    sends += [(kk[:, x0 - a0:x1 - a0].contiguous(), other), (vv[:, x0 - a0:x1 - a0].contiguous(), other)]
+                    sends += [(kk[:, x0 - a0:x1 - a0].contiguous(), other),
+                              (vv[:, x0 - a0:x1 - a0].contiguous(), other)]
         for x0, x1 in pieces(other, r):
             kb = torch.empty((B, x1 - x0) + tuple(k.shape[2:]), dtype=k.dtype, device=k.device)
             vb = torch.empty((B, x1 - x0) + tuple(v.shape[2:]), dtype=v.dtype, device=v.device)
