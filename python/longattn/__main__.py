@@ -8,17 +8,20 @@ import argparse
 import torch
 
 import longattn
-from longattn._bench import attention_flops, sdpa_bshd, time_interleaved
+from longattn._bench import attention_flops, host_line, sdpa_bshd, time_interleaved
 
 
 def report() -> None:
     caps = longattn.capabilities()
     print("longattn capability report")
     print(f"  version              {caps['longattn']} (torch {caps['torch']})")
+    print(f"  host                 {host_line().removeprefix('host: ')}")
     isa_env = caps["cpu_isa_env"]
     print(f"  CPU kernels          {caps['cpu_isa_active']} active; compiled and usable here: "
           f"{', '.join(caps['cpu_isa_compiled'])}" + (f" (LONGATTN_CPU_ISA={isa_env!r})" if isa_env else ""))
     threads_env = caps["threads_env"]
+    print(f"  CPU dtype paths      float32, float16 and bfloat16 all run the {caps['cpu_isa_active']} float32 FMA "
+          "engine (16-bit inputs are converted as tiles are packed; float32 accumulation)")
     print(f"  CPU threads          {caps['threads']}" + (f" (LONGATTN_NUM_THREADS={threads_env!r})" if threads_env
                                                          else " (LONGATTN_NUM_THREADS unset: the usable cores)"))
     for problem in caps["environment_warnings"]:
@@ -36,6 +39,7 @@ def report() -> None:
 def quick_benchmark(seqlens, reps: int, device: str) -> None:
     dtypes = (torch.float16, torch.bfloat16) if device == "cuda" else (torch.float32, torch.bfloat16)
     print(f"\nquick benchmark on {device}: B1 H8 D64, longattn.attention vs torch SDPA (same inputs, interleaved runs)")
+    print(host_line())
     print(f"{'dtype':>9} {'causal':>6} {'S':>6} | {'longattn ms':>11} {'GFLOP/s':>8} | {'SDPA ms':>8} {'GFLOP/s':>8} "
           f"| {'speed-up':>8}")
     for dtype in dtypes:
@@ -58,6 +62,7 @@ def band_pairs(S: int, left: int, right: int) -> int:
 def quick_window_benchmark(seqlens, reps: int, device: str, half: int = 256) -> None:
     print(f"\nsliding window (left = right = {half}, Longformer attention_window={2 * half}), B1 H8 D64: "
           "longattn.sliding_window_attention vs torch SDPA with a boolean band mask and vs longattn.attention (dense)")
+    print(host_line())
     print(f"{'dtype':>9} {'S':>6} | {'window ms':>9} {'GFLOP/s':>8} | {'SDPA+mask ms':>12} {'speed-up':>8} "
           f"| {'dense ms':>8} {'speed-up':>8}")
     for dtype in ((torch.float16, torch.bfloat16) if device == "cuda" else (torch.float32, torch.bfloat16)):

@@ -303,6 +303,7 @@ def test_main_job_reports_and_benchmarks():
     out = subprocess.run([sys.executable, "-m", "longattn", "--seqlens", "128", "--window-seqlens", "1024",
                           "--reps", "1"], capture_output=True, text=True, check=True, timeout=300).stdout
     assert "longattn capability report" in out and "CUDA kernels" in out
+    assert out.count("CPU flags:") >= 2  # the host's flags in the report and with the benchmark tables
     assert "quick benchmark on cpu" in out and "sliding window (left = right = 256" in out
     rows = [line for line in out.splitlines() if line.rstrip().endswith("x")]  # one per measured case
     assert len(rows) == 4 + 2 and "float32   1024" in out
