@@ -29,11 +29,13 @@ __all__ = ["attention", "sliding_window_attention", "varlen_attention", "attenti
            "lsh_rotations", "set_num_threads", "get_num_threads", "capabilities", "__version__"]
 
 
-def _serving_options(q, k, softcap, sinks, key_padding_mask):
-    softcap = check_softcap(softcap)
-    sinks = check_sinks(sinks, q.shape[2], q.device)
-    key_padding_mask = check_key_padding_mask(key_padding_mask, q.shape[0], k.shape[1], q.device)
-    return softcap, sinks, key_padding_mask
+def _shared_options(causal, return_lse, window, scale, head_dim: int, softcap, sinks, heads_q: int, device):
+    """The options every dense/windowed operation takes, checked in one order. Returns (left, right, scale,
+    softcap, sinks)."""
+    check_bool("causal", causal)
+    check_bool("return_lse", return_lse)
+    left, right = check_window(window, causal)
+    return left, right, resolve_scale(scale, head_dim), check_softcap(softcap), check_sinks(sinks, heads_q, device)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, scale: float | None = None,
@@ -52,10 +54,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     and lse = -inf (its sink with sinks).
     """
     check_qkv(q, k, v)
-    check_bool("causal", causal)
-    check_bool("return_lse", return_lse)
-    scale = resolve_scale(scale, q.shape[3])
-    softcap, sinks, key_padding_mask = _serving_options(q, k, softcap, sinks, key_padding_mask)
+    _, _, scale, softcap, sinks = _shared_options(causal, return_lse, (-1, -1), scale, q.shape[3], softcap, sinks,
+                                                  q.shape[2], q.device)
+    key_padding_mask = check_key_padding_mask(key_padding_mask, q.shape[0], k.shape[1], q.device)
     check_no_grad(q, k, v)
     out, lse = attention_fwd(q, k, v, scale, causal, -1, -1, [], None, return_lse, softcap, sinks, key_padding_mask)
     return (out, lse) if return_lse else out
@@ -78,13 +79,11 @@ def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     rows as in attention().
     """
     check_qkv(q, k, v)
-    check_bool("causal", causal)
-    check_bool("return_lse", return_lse)
-    left, right = check_window(window, causal)
+    left, right, scale, softcap, sinks = _shared_options(causal, return_lse, window, scale, q.shape[3], softcap,
+                                                         sinks, q.shape[2], q.device)
     dilation = check_dilation(dilation, q.shape[2])
     global_tokens = check_global_tokens(global_tokens, q, k)
-    scale = resolve_scale(scale, q.shape[3])
-    softcap, sinks, key_padding_mask = _serving_options(q, k, softcap, sinks, key_padding_mask)
+    key_padding_mask = check_key_padding_mask(key_padding_mask, q.shape[0], k.shape[1], q.device)
     check_no_grad(q, k, v)
     out, lse = attention_fwd(q, k, v, scale, causal, left, right, dilation, global_tokens, return_lse, softcap, sinks,
                              key_padding_mask)
@@ -109,12 +108,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     """
     batch, max_seqlen_q, max_seqlen_k = check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                                      max_seqlen_k)
-    check_bool("causal", causal)
-    check_bool("return_lse", return_lse)
-    left, right = check_window(window, causal)
-    scale = resolve_scale(scale, q.shape[2])
-    softcap = check_softcap(softcap)
-    sinks = check_sinks(sinks, q.shape[1], q.device)
+    left, right, scale, softcap, sinks = _shared_options(causal, return_lse, window, scale, q.shape[2], softcap,
+                                                         sinks, q.shape[1], q.device)
     check_no_grad(q, k, v)
     out, lse = varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal,
                                     left, right, softcap, sinks, return_lse)
@@ -143,12 +138,8 @@ def attention_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     """
     cache_seqlens, _, _, _, num_splits = check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, block_table,
                                                         num_splits)
-    check_bool("causal", causal)
-    check_bool("return_lse", return_lse)
-    left, right = check_window(window, causal)
-    scale = resolve_scale(scale, q.shape[3])
-    softcap = check_softcap(softcap)
-    sinks = check_sinks(sinks, q.shape[2], q.device)
+    left, right, scale, softcap, sinks = _shared_options(causal, return_lse, window, scale, q.shape[3], softcap,
+                                                         sinks, q.shape[2], q.device)
     check_no_grad(q, k_cache, v_cache, *(t for t in (k, v) if t is not None))
     out, lse = attention_with_kvcache_fwd(q, k_cache, v_cache, cache_seqlens, k, v, block_table, scale, causal, left,
                                           right, softcap, sinks, num_splits, return_lse)
@@ -164,8 +155,9 @@ def lsh_rotations(heads: int, head_dim: int, n_hashes: int, n_buckets, *, seed: 
     Face's LSHSelfAttention draws after `torch.manual_seed(hash_seed)` (float32 models). Without, the global RNG.
     """
     seed = check_seed(seed)
-    check_rotation_size(heads, head_dim, n_hashes, n_buckets)
-    shape = (heads, head_dim, n_hashes, check_n_buckets(n_buckets)[2])
+    columns = check_n_buckets(n_buckets)[2]
+    check_rotation_size(heads, head_dim, n_hashes, columns, n_buckets)
+    shape = (heads, head_dim, n_hashes, columns)
     if device is not None and torch.device(device).type == "meta":   # shapes only: nothing to draw
         return torch.empty(shape, dtype=torch.float32, device=device)
     if seed is None:
@@ -218,8 +210,7 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int, n_buckets
     if buckets is not None:
         buckets = check_buckets(buckets, B, H, S, n_hashes, n_buckets, qk.device)
     elif S > chunk_length or return_buckets:  # hashing needed
-        check_rotation_size(H, D, n_hashes, n_buckets_arg)
-        if rotations is None:
+        if rotations is None:  # lsh_rotations refuses sizes that imply huge allocations before drawing
             rotations = lsh_rotations(H, D, n_hashes, n_buckets_arg, seed=seed, device=qk.device)
         rotations = check_rotations(rotations, H, D, n_hashes, columns, qk.device)
     else:

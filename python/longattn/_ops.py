@@ -109,12 +109,17 @@ def _run(backend, q, k, v, out, lse, sizes, q_strides, k_strides, v_strides, out
     _C.attention_forward(*args)
 
 
-def _attention_fake(q, k, v, scale, causal, window_left, window_right, dilation, global_tokens, need_lse, softcap,
-                    sinks, key_padding_mask):
+def _bshd_outputs_fake(q, head_dim_v: int, need_lse: bool):
+    """out (B, Sq, Hq, Dv) like q, and lse (B, Hq, Sq) float32 or an empty (0,) tensor."""
     B, Sq, Hq, _ = q.shape
-    out = q.new_empty((B, Sq, Hq, v.shape[3]))
+    out = q.new_empty((B, Sq, Hq, head_dim_v))
     lse = q.new_empty((B, Hq, Sq) if need_lse else (0,), dtype=torch.float32)
     return out, lse
+
+
+def _attention_fake(q, k, v, scale, causal, window_left, window_right, dilation, global_tokens, need_lse, softcap,
+                    sinks, key_padding_mask):
+    return _bshd_outputs_fake(q, v.shape[3], need_lse)
 
 
 @_operator("attention_fwd(Tensor q, Tensor k, Tensor v, float scale, bool causal, SymInt window_left, "
@@ -186,10 +191,7 @@ def varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_s
 
 def _kvcache_fake(q, k_cache, v_cache, cache_seqlens, k, v, block_table, scale, causal, window_left, window_right,
                   softcap, sinks, num_splits, need_lse):
-    B, Sq, Hq, _ = q.shape
-    out = q.new_empty((B, Sq, Hq, v_cache.shape[3]))
-    lse = q.new_empty((B, Hq, Sq) if need_lse else (0,), dtype=torch.float32)
-    return out, lse
+    return _bshd_outputs_fake(q, v_cache.shape[3], need_lse)
 
 
 @_operator("attention_with_kvcache_fwd(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_seqlens, "

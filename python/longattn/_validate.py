@@ -461,10 +461,10 @@ def check_seed(seed) -> int | None:
     return int(seed)
 
 
-def check_rotation_size(heads: int, head_dim: int, n_hashes: int, n_buckets) -> None:
+def check_rotation_size(heads: int, head_dim: int, n_hashes: int, columns: int, n_buckets) -> None:
     """Hashing holds (heads, head_dim, n_hashes, columns) float32 rotations (and a transposed copy): refuse sizes that
-    would ask the allocator for more than MAX_ROTATION_BYTES before anything is drawn. n_buckets: int or factors."""
-    columns = check_n_buckets(n_buckets)[2]
+    would ask the allocator for more than MAX_ROTATION_BYTES before anything is drawn. n_buckets (int or factors)
+    only names the request in the message."""
     nbytes = 4 * heads * head_dim * n_hashes * columns
     if nbytes > MAX_ROTATION_BYTES:
         raise ValueError(f"n_buckets: {n_buckets} buckets x {n_hashes} hashes for {heads} heads of dim {head_dim} "

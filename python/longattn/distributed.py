@@ -31,10 +31,10 @@ from typing import Optional
 
 import torch
 
+from . import _shared_options
 from . import attention as _dense_attention
 from . import sliding_window_attention as _window_attention
-from ._validate import (check_bool, check_dilation, check_no_grad, check_qkv, check_softcap, check_window,
-                        resolve_scale)
+from ._validate import check_dilation, check_no_grad, check_qkv
 
 __all__ = ["attention", "bytes_sent", "reset_bytes_sent"]
 
@@ -225,8 +225,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None, 
     else:
         _halo(q, k, v, comm, layout, left, right, max(dil), keys_visible, (acc_out, acc_lse), opts)
     if global_tokens is not None:
-        _global_keys(q, k, v, comm, layout, global_tokens, (acc_out, acc_lse), softcap, scale)
-        _global_rows(q, k, v, comm, layout, global_tokens, (acc_out, acc_lse), softcap, scale)
+        rows = _GlobalRows(global_tokens, comm, n, layout)
+        _global_keys(q, k, v, rows, (acc_out, acc_lse), softcap, scale)
+        _global_rows(q, k, v, rows, (acc_out, acc_lse), softcap, scale)
     out = acc_out.to(q.dtype)
     return (out, acc_lse) if return_lse else out
 
@@ -248,16 +249,13 @@ def _check_arguments(q, k, v, P, layout, causal, window, dilation, global_tokens
                          "self-attention, with q, k and v sharded alike")
     if layout not in LAYOUTS:
         raise ValueError(f"layout: got {layout!r}; expected one of {', '.join(map(repr, LAYOUTS))}")
-    check_bool("causal", causal)
-    check_bool("return_lse", return_lse)
-    left, right = check_window(window, causal)
-    if causal:
-        right = 0
     B, n, Hq, D = q.shape
     Hk, Dv = k.shape[2], v.shape[3]
+    left, right, scale, softcap, _ = _shared_options(causal, return_lse, window, scale, D, softcap, None, Hq,
+                                                     q.device)
+    if causal:
+        right = 0
     dil = check_dilation(dilation, Hq) or [1] * Hq
-    softcap = check_softcap(softcap)
-    scale = resolve_scale(scale, D)
     check_no_grad(q, k, v)
     S = n * P
     if layout == "zigzag" and n % 2:
@@ -395,50 +393,58 @@ def _halo(q, k, v, comm, layout, left, right, max_dilation, keys_visible, acc, o
 # ---- global tokens ---------------------------------------------------------------------------------------------
 
 
-def _owned_global_rows(global_tokens, rank, world, n, layout):
-    """Per batch element b: the local rows of `rank` that are global tokens, an int64 tensor each."""
-    positions = _positions(_chunks(rank, world, n, layout), global_tokens.device)
-    return [torch.nonzero(global_tokens[b, positions]).flatten() for b in range(global_tokens.shape[0])]
+class _GlobalRows:
+    """Where the global tokens sit: per rank and batch element, the rank's local rows that are global (computed once
+    per call, the same on every rank), padded per rank to G, the most any (rank, batch) holds, for the all_gathers."""
+
+    def __init__(self, global_tokens, comm, n, layout):
+        P = comm.world
+        self.comm = comm
+        self.per_rank = []
+        for o in range(P):
+            positions = _positions(_chunks(o, P, n, layout), global_tokens.device)
+            self.per_rank.append([torch.nonzero(global_tokens[b, positions]).flatten()
+                                  for b in range(global_tokens.shape[0])])
+        self.G = max(int(rows.numel()) for rank_rows in self.per_rank for rows in rank_rows)
+        self.valid = torch.zeros(global_tokens.shape[0], P * self.G, dtype=torch.bool, device=global_tokens.device)
+        for o, rank_rows in enumerate(self.per_rank):
+            for b, rows in enumerate(rank_rows):
+                self.valid[b, o * self.G:o * self.G + rows.numel()] = True  # (B, P * G): the real gathered rows
+
+    def mine(self):
+        return self.per_rank[self.comm.rank]
+
+    def gather(self, t):
+        """All ranks' global rows of t (B, n, H, ·): (B, P * G, H, ·), rank o's in [o G, o G + its count)."""
+        mine = t.new_zeros((t.shape[0], self.G) + tuple(t.shape[2:]))
+        for b, rows in enumerate(self.mine()):
+            mine[b, :rows.numel()] = t[b, rows]
+        return torch.cat(self.comm.all_gather(mine), dim=1)
 
 
-def _gathered_rows(t, comm, layout, global_tokens):
-    """All ranks' global rows of t (B, n, H, ·), padded per rank to the largest count: (B, P * G, H, ·) and the
-    (B, P * G) bool mask of real rows; G the largest count over (rank, batch)."""
-    P, n = comm.world, t.shape[1]
-    per_rank = [_owned_global_rows(global_tokens, o, P, n, layout) for o in range(P)]
-    G = max(int(rows.numel()) for rank_rows in per_rank for rows in rank_rows)
-    mine = t.new_zeros((t.shape[0], G) + tuple(t.shape[2:]))
-    valid = torch.zeros(t.shape[0], P * G, dtype=torch.bool, device=t.device)
-    for b, rows in enumerate(per_rank[comm.rank]):
-        mine[b, :rows.numel()] = t[b, rows]
-    for o in range(P):
-        for b, rows in enumerate(per_rank[o]):
-            valid[b, o * G:o * G + rows.numel()] = True
-    return torch.cat(comm.all_gather(mine), dim=1), valid, G, per_rank[comm.rank]
-
-
-def _global_keys(q, k, v, comm, layout, global_tokens, acc, softcap, scale):
-    """Every query attends every global key once (the ring / halo left them out): gather them, attend, merge."""
-    k_glob, valid, _, _ = _gathered_rows(k, comm, layout, global_tokens)
-    v_glob, _, _, _ = _gathered_rows(v, comm, layout, global_tokens)
-    o, lse = _dense_attention(q, k_glob, v_glob, key_padding_mask=valid, softcap=softcap, scale=scale,
-                              return_lse=True)
+def _global_keys(q, k, v, rows: _GlobalRows, acc, softcap, scale):
+    """Every query attends every global key once (the ring / halo left them out): gather them (keys and values in
+    one collective), attend, merge."""
+    D = k.shape[3]
+    kv_glob = rows.gather(torch.cat([k, v], dim=3))
+    o, lse = _dense_attention(q, kv_glob[..., :D], kv_glob[..., D:], key_padding_mask=rows.valid, softcap=softcap,
+                              scale=scale, return_lse=True)
     _merge_into(acc[0], acc[1], o, lse)
 
 
-def _global_rows(q, k, v, comm, layout, global_tokens, acc, softcap, scale):
+def _global_rows(q, k, v, rows: _GlobalRows, acc, softcap, scale):
     """A global query attends the whole sequence: every rank attends all global queries against its own shard, the
     partial results are gathered and merged, and each rank keeps its own rows."""
-    q_glob, _, G, my_rows = _gathered_rows(q, comm, layout, global_tokens)
-    o, lse = _dense_attention(q_glob, k, v, softcap=softcap, scale=scale, return_lse=True)
+    comm = rows.comm
+    o, lse = _dense_attention(rows.gather(q), k, v, softcap=softcap, scale=scale, return_lse=True)
     outs, lses = comm.all_gather(o.float()), comm.all_gather(lse)
     merged_out = torch.zeros_like(outs[0])
     merged_lse = torch.full_like(lses[0], float("-inf"))
     for o_part, lse_part in zip(outs, lses):
         _merge_into(merged_out, merged_lse, o_part, lse_part)
     acc_out, acc_lse = acc
-    first = comm.rank * G
-    for b, rows in enumerate(my_rows):
-        m = rows.numel()
-        acc_out[b, rows] = merged_out[b, first:first + m]
-        acc_lse[b, :, rows] = merged_lse[b, :, first:first + m]
+    first = comm.rank * rows.G
+    for b, mine in enumerate(rows.mine()):
+        m = mine.numel()
+        acc_out[b, mine] = merged_out[b, first:first + m]
+        acc_lse[b, :, mine] = merged_lse[b, :, first:first + m]

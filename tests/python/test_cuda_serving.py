@@ -10,7 +10,7 @@ import longattn
 from longattn import reference, testing
 
 from helpers import assert_matches_oracle
-from test_cuda import GPU, EMULATOR, dev, rand  # noqa: F401 (the dev fixture)
+from test_cuda import GPU, EMULATOR, dev  # noqa: F401 (the dev fixture)
 from test_serving import fill_cache, make_cache, packed
 
 pytestmark = pytest.mark.skipif(not (GPU or EMULATOR), reason="needs a CUDA GPU or a build with the emulator")

@@ -4,8 +4,6 @@ variable-length batches and KV-cache decoding (contiguous and paged caches, appe
 Every case runs on the CPU (each ISA where the fixture asks) and, through the `dev` fixture of serving_cases, on the
 CUDA backend too (tests/python/test_cuda_serving.py)."""
 
-import math
-
 import pytest
 import torch
 
