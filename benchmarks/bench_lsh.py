@@ -51,8 +51,8 @@ from pathlib import Path
 import torch
 
 import longattn
-from longattn._bench import (add_scaling_columns, first_line, fmt, plot_time_vs_seqlen, run_memory_probe,
-                             time_interleaved)
+from longattn._bench import (add_scaling_columns, first_line, fmt, host_line, plot_time_vs_seqlen,
+                             run_memory_probe, time_interleaved)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -322,8 +322,16 @@ def main() -> None:
     parser.add_argument("--buckets", choices=["paper", "hf"], default="paper",
                         help="n_buckets = S/64 (paper), or Hugging Face's own choice, factorized from S = 8192 (hf); "
                              "hf writes lsh_hf_buckets.{csv,json,png}")
+    parser.add_argument("--cuda-only", action="store_true", help="only the CUDA section (needs a GPU)")
+    parser.add_argument("--cuda-hf-max-s", type=int, default=65536, help="largest S for HF in the CUDA section")
     args = parser.parse_args()
     BUCKETS["mode"] = args.buckets
+    if torch.cuda.is_available():
+        cuda_section(args)
+    else:
+        print("CUDA section: skipped (no CUDA GPU on this machine)")
+    if args.cuda_only:
+        return
     stem = "lsh" if args.buckets == "paper" else "lsh_hf_buckets"
     seqlens = args.seqlens or ([4096, 8192] if args.quick else [4096, 8192, 16384, 32768, 65536])
     bad = [S for S in seqlens if S % (2 * CHUNK)]
@@ -344,6 +352,7 @@ def main() -> None:
     except Exception:  # noqa: BLE001
         rp_version = None
     caps = longattn.capabilities()
+    print(host_line())
     print(f"longattn {caps['longattn']} ({caps['cpu_isa_active']}, {caps['threads']} threads), "
           f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads), "
           f"transformers {hf_version}, reformer-pytorch {rp_version}")
@@ -407,6 +416,61 @@ def main() -> None:
             w.writerow({**r, "agreement_vs_hf": json.dumps(r["agreement_vs_hf"]), "n_buckets": nb_text(r["n_buckets"])})
     print(f"wrote {results / (stem + '.json')} and {stem}.csv")
     plot(rows, results / f"{stem}.png")
+
+
+def cuda_section(args) -> None:
+    """longattn's CUDA LSH kernels vs Hugging Face LSHSelfAttention on the same GPU, with HF's own (factorized) bucket
+    choice at every S: float16 / bfloat16 / float32 for longattn, float32 for HF (its float16 path changes the mask
+    constants), HF timed on the hidden states minus its two projections as on the CPU. CUDA events, median of 10.
+    Writes results/lsh_cuda.json."""
+    def cuda_time(fn, reps=10):
+        fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return sorted(times)[len(times) // 2]
+
+    seqlens = args.seqlens or ([4096, 16384] if args.quick else [4096, 8192, 16384, 32768, 65536, 131072])
+    print(f"CUDA: {torch.cuda.get_device_name()}; B{B} H{H} D{D}, n_hashes={N_HASHES}, chunk_length={CHUNK}, "
+          "HF's bucket choice")
+    rows = []
+    with torch.inference_mode():
+        layer = make_hf_layer(torch.float32).cuda()
+        for S in seqlens:
+            nb = hf_n_buckets(S, CHUNK, S)
+            torch.manual_seed(S)
+            hidden = torch.randn(B, S, H * D, device="cuda")
+            layer.num_buckets = nb
+            qk32 = layer.query_key(hidden).view(B, S, H, D)
+            v32 = layer.value(hidden).view(B, S, H, D)
+            row = {"seqlen": S, "n_buckets": nb_text(nb)}
+            for name, dt in (("float16", torch.float16), ("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+                qk, v = qk32.to(dt), v32.to(dt)
+                rot = longattn.lsh_rotations(H, D, N_HASHES, nb, seed=SEED, device="cuda")
+                row[f"longattn_{name}_ms"] = cuda_time(lambda: longattn.lsh_attention(
+                    qk, v, n_hashes=N_HASHES, n_buckets=nb, chunk_length=CHUNK, chunks_before=BEFORE,
+                    chunks_after=AFTER, rotations=rot))
+            if S <= args.cuda_hf_max_s:
+                total = cuda_time(lambda: layer(hidden))
+                proj = cuda_time(lambda: (layer.query_key(hidden), layer.value(hidden)))
+                row["hf_float32_ms"] = total - proj
+                row["vs_hf_float32"] = row["hf_float32_ms"] / row["longattn_float32_ms"]
+                row["vs_hf_bfloat16"] = row["hf_float32_ms"] / row["longattn_bfloat16_ms"]
+            rows.append(row)
+            print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+                  flush=True)
+    for prev, row in zip(rows, rows[1:]):  # time growth per doubling of S (2.0 = linear)
+        if row["seqlen"] == 2 * prev["seqlen"]:
+            row["bfloat16_t_over_t_half_s"] = round(row["longattn_bfloat16_ms"] / prev["longattn_bfloat16_ms"], 2)
+    out = Path(args.results_dir) / "lsh_cuda.json"
+    out.write_text(json.dumps({"host": host_line(), "gpu": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+    print(f"wrote {out}")
 
 
 class _Projections(torch.nn.Module):

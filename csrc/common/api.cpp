@@ -70,10 +70,32 @@ Status lsh_attention_forward(const LshAttentionParams& p) {
   switch (p.device) {
     case Device::kCpu: return cpu::lsh_attention_forward(p);
     case Device::kCuda:
+#if defined(LONGATTN_WITH_CUDA)
+      return cuda::lsh_attention_forward(p);
+#else
+      return Status::Unsupported("device: this longattn build has no CUDA kernels (built without nvcc); "
+                                 "use CPU tensors or rebuild with the CUDA toolkit");
+#endif
     case Device::kCudaEmulator:
-      return Status::Unsupported("device: lsh_attention has no CUDA kernels yet; use CPU tensors");
+#if defined(LONGATTN_WITH_CUDA_EMULATOR)
+      return cuda_emulated::run_lsh_on_emulator(p);
+#else
+      return Status::Unsupported("device: this longattn build has no CUDA emulator (built with "
+                                 "LONGATTN_CUDA_EMULATOR=OFF)");
+#endif
   }
   return Status::Invalid("device: unknown");
+}
+
+int64_t lsh_attention_workspace_bytes(const LshAttentionParams& p) {
+#if defined(LONGATTN_WITH_CUDA)
+  if (p.device == Device::kCuda) return cuda::lsh_workspace_bytes(p);
+#endif
+#if defined(LONGATTN_WITH_CUDA_EMULATOR)
+  if (p.device == Device::kCudaEmulator) return cuda_emulated::lsh_workspace_bytes(p);
+#endif
+  (void)p;
+  return 0;
 }
 
 #if !defined(LONGATTN_WITH_CUDA_EMULATOR)

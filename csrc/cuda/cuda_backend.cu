@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cuda_backend.h"
+#include "cuda_host.h"
 #include "flash_fwd.cuh"
 #include "flash_params.h"
 #include "platform.h"
@@ -34,43 +35,6 @@ cudaError_t launch_tensor_core(const FlashFwdParams& p, int head_dim, dim3 grid,
     case 256: return launch_flash_fwd<Elem, 256>(p, grid, stream);
   }
   return cudaErrorInvalidValue;
-}
-
-// Makes params.device_index current for the call and restores the previous device afterwards.
-struct DeviceGuard {
-  int previous = -1;
-  cudaError_t status = cudaSuccess;
-  explicit DeviceGuard(int device) {
-    if (device < 0) return;
-    status = cudaGetDevice(&previous);
-    if (status == cudaSuccess && previous != device) status = cudaSetDevice(device);
-    else previous = -1;
-  }
-  ~DeviceGuard() {
-    if (previous >= 0) cudaSetDevice(previous);
-  }
-};
-
-// The tensor-core kernel copies rows in 16-byte pieces.
-bool rows_16_byte_aligned(const void* base, const BshdStrides& s, int64_t elem_bytes) {
-  const int64_t step = 16 / elem_bytes;
-  return reinterpret_cast<uintptr_t>(base) % 16 == 0 && s.batch % step == 0 && s.seq % step == 0 &&
-         s.head % step == 0;
-}
-
-Status cuda_error(const char* what, cudaError_t e) {
-  return {StatusCode::kInternal, std::string(what) + ": " + cudaGetErrorString(e)};
-}
-
-// No device, no driver, or a driver this build cannot use: a fact about the machine, not a bug in longattn.
-Status device_error(const char* what, cudaError_t e) {
-  const bool no_usable_device = e == cudaErrorNoDevice || e == cudaErrorInvalidDevice ||
-                                e == cudaErrorInsufficientDriver || e == cudaErrorInitializationError ||
-                                e == cudaErrorDevicesUnavailable || e == cudaErrorSystemNotReady ||
-                                e == cudaErrorSystemDriverMismatch || e == cudaErrorCompatNotSupportedOnDevice;
-  if (!no_usable_device) return cuda_error(what, e);
-  return Status::Unsupported(std::string(what) + ": no usable CUDA device on this machine (" +
-                             cudaGetErrorString(e) + "); use CPU tensors, or check the GPU and its driver");
 }
 
 // Grouped-query packing: the query heads of a key/value head share each key tile, unless per-head dilation or global
@@ -121,16 +85,7 @@ int64_t workspace_bytes(const AttentionParams& p) { return WorkspaceLayout(p).to
 
 Status attention_forward(const AttentionParams& p) {
   const DeviceGuard guard(p.device_index);
-  if (guard.status != cudaSuccess) return device_error("device_index: could not make the inputs' device current",
-                                                       guard.status);
-  int device = 0, major = 0, minor = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  if (e != cudaSuccess) return device_error("device: could not query the current CUDA device", e);
-  if (major < 8)
-    return Status::Unsupported("device: compute capability " + std::to_string(major) + "." + std::to_string(minor) +
-                               " is not supported; longattn's CUDA kernels need 8.0 or newer (" + kSupported + ")");
+  if (Status st = check_current_device(guard, kSupported); !st.ok()) return st;
   const bool tensor_cores = p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16;
   if (tensor_cores) {
     const int64_t D = p.head_dim;
@@ -217,6 +172,7 @@ Status attention_forward(const AttentionParams& p) {
     f.partial_lse = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + ws.partial_lse);
   }
 
+  cudaError_t e = cudaSuccess;
   // KV cache: the new rows first (in stream order, so the attention below sees them).
   if (p.cache_seqlens && p.k_new && p.seqlen_new > 0 && p.batch > 0) {
     const int64_t kn[3] = {p.k_new_stride.batch, p.k_new_stride.seq, p.k_new_stride.head};

@@ -58,6 +58,104 @@ template <> struct MmaAtom<__nv_bfloat16> {
   }
 };
 
+// ---- the tile loop's warp-level steps (shared with the LSH chunk kernel, lsh_fwd.cuh) ------------------------------
+// Copies a (64, D) tile into shared memory (rows of kRow elements), row i from base + offset_of(i); a row whose
+// offset is -1 is zero-filled without reading. 16 bytes per cp.async, the block's kThreads threads together.
+template <typename Elem, int D, typename OffsetOf>
+__device__ __forceinline__ void load_tile_async(Elem* dst, const Elem* base, OffsetOf offset_of, int tid) {
+  constexpr int kRow = smem_row<D>(), kChunks = D / 8;  // 16-byte chunks per row
+  for (int c = tid; c < 64 * kChunks; c += kThreads) {
+    const int row = c / kChunks, col = (c % kChunks) * 8;
+    const int64_t off = offset_of(row);
+    ptx::cp_async_16(dst + row * kRow + col, base + (off >= 0 ? off : 0) + col, off >= 0 ? 16 : 0);
+  }
+}
+
+// S (16, 64) = Q (16, D) · Kᵀ for warp `warp`'s rows of sQ (64, kRow) against sK (64, kRow), fp32 accumulators:
+// element (g + 8·(e / 2), 8n + 2·tig + e % 2) of the warp's rows is s[n][e].
+template <typename Elem, int D>
+__device__ __forceinline__ void warp_scores(float s[8][4], const Elem* sQ, const Elem* sK, int warp, int lane) {
+  constexpr int kRow = smem_row<D>();
+#pragma unroll
+  for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    uint32_t a[4];
+    {
+      const int mi = lane / 8, row = warp * 16 + (mi % 2) * 8 + lane % 8, col = ks * 16 + (mi / 2) * 8;
+      ptx::ldmatrix_x4(a, sQ + row * kRow + col);
+    }
+#pragma unroll
+    for (int n = 0; n < 8; n += 2) {  // two n-tiles of 8 keys per ldmatrix.x4
+      uint32_t bk[4];
+      const int mi = lane / 8, row = n * 8 + (mi / 2) * 8 + lane % 8, col = ks * 16 + (mi % 2) * 8;
+      ptx::ldmatrix_x4(bk, sK + row * kRow + col);
+      MmaAtom<Elem>::mma(s[n], a, bk);
+      MmaAtom<Elem>::mma(s[n + 1], a, bk + 2);
+    }
+  }
+}
+
+// online_softmax_update: folds a tile of scores (log2 units; -inf = not visible) into the running max m and sum l of
+// the thread's two rows (g, g + 8; the 4 threads of a quad share a row), turns s into the tile's P = 2^(s - m) and
+// rescales the output accumulators O (16, D) to the new max.
+template <int kDTiles>
+__device__ __forceinline__ void online_softmax_update(float s[8][4], float m_row[2], float l_row[2],
+                                                      float o[kDTiles][4]) {
+  float alpha[2];
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    float mx = m_row[rr];
+#pragma unroll
+    for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * rr], s[n][2 * rr + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float ref = mx == -INFINITY ? 0.0f : mx;  // a row with nothing visible yet stays empty, never NaN
+    alpha[rr] = exp2f(m_row[rr] - ref);
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      s[n][2 * rr] = exp2f(s[n][2 * rr] - ref);
+      s[n][2 * rr + 1] = exp2f(s[n][2 * rr + 1] - ref);
+      sum += s[n][2 * rr] + s[n][2 * rr + 1];
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    l_row[rr] = l_row[rr] * alpha[rr] + sum;
+    m_row[rr] = mx;
+  }
+#pragma unroll
+  for (int i = 0; i < kDTiles; ++i) {
+    o[i][0] *= alpha[0];
+    o[i][1] *= alpha[0];
+    o[i][2] *= alpha[1];
+    o[i][3] *= alpha[1];
+  }
+}
+
+// O (16, D) += P (16, 64) · V (64, D); P's fragments are S's accumulators repacked as A operands (rounded to Elem).
+template <typename Elem, int D>
+__device__ __forceinline__ void warp_pv(float o[D / 8][4], const float p[8][4], const Elem* sV, int lane) {
+  constexpr int kRow = smem_row<D>();
+  using Atom = MmaAtom<Elem>;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {  // 16 keys per k-step
+    uint32_t a[4];
+    a[0] = Atom::pack(p[2 * kk][0], p[2 * kk][1]);
+    a[1] = Atom::pack(p[2 * kk][2], p[2 * kk][3]);
+    a[2] = Atom::pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+    a[3] = Atom::pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+#pragma unroll
+    for (int i = 0; i < D / 8; i += 2) {
+      uint32_t bv[4];
+      const int mi = lane / 8, row = kk * 16 + (mi % 2) * 8 + lane % 8, col = i * 8 + (mi / 2) * 8;
+      ptx::ldmatrix_x4_trans(bv, sV + row * kRow + col);
+      Atom::mma(o[i], a, bv);
+      Atom::mma(o[i + 1], a, bv + 2);
+    }
+  }
+}
+
 // ---- the iteration / mask policy -----------------------------------------------------------------------------------
 // One view of a (sequence, query head): a residue class of the head's dilation (view query u = query first + u·d,
 // view key t = key r + t·d, an undilated band over them), the head's global query rows (gathered by position, every
@@ -129,8 +227,6 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
   static_assert(D % 16 == 0 && D <= 256, "head dim: a multiple of 16 up to 256");
   constexpr int kRow = smem_row<D>();
   constexpr int kDTiles = D / 8;     // n-tiles of O
-  constexpr int kKSteps = D / 16;    // k-steps of Q·Kᵀ
-  using Atom = MmaAtom<Elem>;
   LONGATTN_DYNAMIC_SHARED(unsigned char, smem_raw);
   Elem* sQ = reinterpret_cast<Elem*>(smem_raw);  // (64, kRow)
   Elem* sK = sQ + kBlockM * kRow;                 // (64, kRow)
@@ -152,14 +248,8 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
   const Elem* k_all = static_cast<const Elem*>(p.k);
   const Elem* v_all = static_cast<const Elem*>(p.v);
 
-  // Loads a (64, D) tile whose row i starts at base + offset_of(i) (rows with offset -1 are zero-filled).
-  constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  auto load_tile = [&](Elem* dst, const Elem* base, auto offset_of) {
-    for (int c = tid; c < 64 * kChunks; c += kThreads) {
-      const int row = c / kChunks, col = (c % kChunks) * 8;
-      const int64_t off = offset_of(row);
-      ptx::cp_async_16(dst + row * kRow + col, base + (off >= 0 ? off : 0) + col, off >= 0 ? 16 : 0);  // zero-filled
-    }
+  const auto load_tile = [&](Elem* dst, const Elem* base, auto offset_of) {
+    load_tile_async<Elem, D>(dst, base, offset_of, tid);
   };
 
   for (int u0 = blockIdx.x * kBlockM; u0 < view.n_queries; u0 += gridDim.x * kBlockM) {
@@ -212,24 +302,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
 
       // S (16, 64) = Q (16, D) · Kᵀ for this warp's rows
       float s[8][4];
-#pragma unroll
-      for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll
-      for (int ks = 0; ks < kKSteps; ++ks) {
-        uint32_t a[4];
-        {
-          const int mi = lane / 8, row = warp * 16 + (mi % 2) * 8 + lane % 8, col = ks * 16 + (mi / 2) * 8;
-          ptx::ldmatrix_x4(a, sQ + row * kRow + col);
-        }
-#pragma unroll
-        for (int n = 0; n < 8; n += 2) {  // two n-tiles of 8 keys per ldmatrix.x4
-          uint32_t bk[4];
-          const int mi = lane / 8, row = n * 8 + (mi / 2) * 8 + lane % 8, col = ks * 16 + (mi % 2) * 8;
-          ptx::ldmatrix_x4(bk, sK + row * kRow + col);
-          Atom::mma(s[n], a, bk);
-          Atom::mma(s[n + 1], a, bk + 2);
-        }
-      }
+      warp_scores<Elem, D>(s, sQ, sK, warp, lane);
 
       // Scale to log2 units (soft-capped: softcap·log2(e)·tanh(s·scale / softcap)) and mask. Element (row, col) of
       // n-tile n: row ur[e / 2], key j0 + 8n + 2 tig + e % 2.
@@ -260,56 +333,11 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
           s[n][e] = visible ? x : -INFINITY;
         }
 
-      // Online softmax for rows g and g + 8: the 4 threads of a quad share a row.
-      float alpha[2];
-#pragma unroll
-      for (int rr = 0; rr < 2; ++rr) {
-        float mx = m_row[rr];
-#pragma unroll
-        for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * rr], s[n][2 * rr + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float ref = mx == -INFINITY ? 0.0f : mx;  // a row with nothing visible yet stays empty, never NaN
-        alpha[rr] = exp2f(m_row[rr] - ref);
-        float sum = 0.0f;
-#pragma unroll
-        for (int n = 0; n < 8; ++n) {
-          s[n][2 * rr] = exp2f(s[n][2 * rr] - ref);
-          s[n][2 * rr + 1] = exp2f(s[n][2 * rr + 1] - ref);
-          sum += s[n][2 * rr] + s[n][2 * rr + 1];
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        l_row[rr] = l_row[rr] * alpha[rr] + sum;
-        m_row[rr] = mx;
-      }
-#pragma unroll
-      for (int i = 0; i < kDTiles; ++i) {
-        o[i][0] *= alpha[0];
-        o[i][1] *= alpha[0];
-        o[i][2] *= alpha[1];
-        o[i][3] *= alpha[1];
-      }
+      online_softmax_update<kDTiles>(s, m_row, l_row, o);
 
       ptx::cp_async_wait_group<0>();
       __syncthreads();
-      // O (16, D) += P (16, 64) · V (64, D); P's fragments are S's accumulators repacked as A operands.
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {  // 16 keys per k-step
-        uint32_t a[4];
-        a[0] = Atom::pack(s[2 * kk][0], s[2 * kk][1]);
-        a[1] = Atom::pack(s[2 * kk][2], s[2 * kk][3]);
-        a[2] = Atom::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        a[3] = Atom::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-        for (int i = 0; i < kDTiles; i += 2) {
-          uint32_t bv[4];
-          const int mi = lane / 8, row = kk * 16 + (mi % 2) * 8 + lane % 8, col = i * 8 + (mi / 2) * 8;
-          ptx::ldmatrix_x4_trans(bv, sV + row * kRow + col);
-          Atom::mma(o[i], a, bv);
-          Atom::mma(o[i + 1], a, bv + 2);
-        }
-      }
+      warp_pv<Elem, D>(o, s, sV, lane);  // O (16, D) += P (16, 64) · V (64, D)
       __syncthreads();  // sK and sV are overwritten by the next tile
     }
 
@@ -344,7 +372,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __grid_consta
       Elem* row = static_cast<Elem*>(p.out) + o_offset(p, seq, b, h, i);
 #pragma unroll
       for (int n = 0; n < kDTiles; ++n)
-        Atom::store2(row + n * 8 + tig * 2, empty ? 0.0f : o[n][2 * rr] * inv, empty ? 0.0f : o[n][2 * rr + 1] * inv);
+        MmaAtom<Elem>::store2(row + n * 8 + tig * 2, empty ? 0.0f : o[n][2 * rr] * inv, empty ? 0.0f : o[n][2 * rr + 1] * inv);
       if (p.lse && tig == 0) p.lse[lse_offset(p, seq, b, h, i)] = lse;
     }
   }

@@ -78,6 +78,12 @@ struct SequenceRows {
   int64_t q_first, k_first;
 };
 
+// The sum of x over the 32 lanes of a warp, in every lane.
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
 __device__ __forceinline__ int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
 __device__ __forceinline__ SequenceRows sequence_rows(const FlashFwdParams& p, int b) {

@@ -11,11 +11,6 @@ namespace longattn::LONGATTN_CUDA_NS {
 
 namespace {
 
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-
 __device__ __forceinline__ bool is_global(const FlashFwdParams& p, int b, int i) {
   return p.global_tokens && p.global_tokens[int64_t(b) * p.global_batch + int64_t(i) * p.global_seq];
 }

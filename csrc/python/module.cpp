@@ -161,14 +161,21 @@ int64_t attention_workspace_py(LONGATTN_ATTENTION_ARGS) {
 
 // sizes = (batch, seqlen, heads, head_dim, head_dim_v); options = (n_hashes, n_buckets, chunk_length, chunks_before,
 // chunks_after); pointers of optional buffers are 0 when absent; bucket_factors empty = not factorized.
-void lsh_attention_forward_py(uintptr_t qk, uintptr_t v, uintptr_t out, uintptr_t lse, const std::string& dtype,
-                              const std::string& device, const std::array<int64_t, 5>& sizes,
-                              const std::array<int64_t, 3>& qk_strides, const std::array<int64_t, 3>& v_strides,
-                              const std::array<int64_t, 3>& out_strides, const std::array<int64_t, 2>& lse_strides,
-                              const std::array<int64_t, 5>& options, bool causal, uintptr_t rotations,
-                              uintptr_t buckets_in, uintptr_t buckets_out, uintptr_t key_padding_mask,
-                              const std::array<int64_t, 2>& mask_strides, uintptr_t stream,
-                              const std::vector<int64_t>& bucket_factors) {
+#define LONGATTN_LSH_ARGS                                                                                            \
+  uintptr_t qk, uintptr_t v, uintptr_t out, uintptr_t lse, const std::string &dtype, const std::string &device,      \
+      const std::array<int64_t, 5> &sizes, const std::array<int64_t, 3> &qk_strides,                                \
+      const std::array<int64_t, 3> &v_strides, const std::array<int64_t, 3> &out_strides,                           \
+      const std::array<int64_t, 2> &lse_strides, const std::array<int64_t, 5> &options, bool causal,                \
+      uintptr_t rotations, uintptr_t buckets_in, uintptr_t buckets_out, uintptr_t key_padding_mask,                 \
+      const std::array<int64_t, 2> &mask_strides, uintptr_t stream, const std::vector<int64_t> &bucket_factors,     \
+      uintptr_t workspace, int64_t workspace_bytes, int device_index
+#define LONGATTN_LSH_PASS                                                                                            \
+  qk, v, out, lse, dtype, device, sizes, qk_strides, v_strides, out_strides, lse_strides, options, causal, rotations, \
+      buckets_in, buckets_out, key_padding_mask, mask_strides, stream, bucket_factors, workspace, workspace_bytes,     \
+      device_index
+
+// The parameters point into bucket_factors, which must outlive them.
+LshAttentionParams lsh_params_from(LONGATTN_LSH_ARGS) {
   LshAttentionParams p;
   p.qk = reinterpret_cast<const void*>(qk);
   p.v = reinterpret_cast<const void*>(v);
@@ -201,7 +208,20 @@ void lsh_attention_forward_py(uintptr_t qk, uintptr_t v, uintptr_t out, uintptr_
   p.mask_batch_stride = mask_strides[0];
   p.mask_seq_stride = mask_strides[1];
   p.stream = reinterpret_cast<void*>(stream);
+  p.workspace = reinterpret_cast<void*>(workspace);
+  p.workspace_bytes = workspace_bytes;
+  p.device_index = device_index;
+  return p;
+}
+
+void lsh_attention_forward_py(LONGATTN_LSH_ARGS) {
+  const LshAttentionParams p = lsh_params_from(LONGATTN_LSH_PASS);
   run_without_gil([&] { return lsh_attention_forward(p); });
+}
+
+// The device scratch bytes the same call needs in `workspace` (CUDA: buckets, sort, key norms, round partials).
+int64_t lsh_attention_workspace_py(LONGATTN_LSH_ARGS) {
+  return lsh_attention_workspace_bytes(lsh_params_from(LONGATTN_LSH_PASS));
 }
 
 }  // namespace
@@ -220,11 +240,15 @@ PYBIND11_MODULE(_C, m) {
       py::arg("v_new_strides") = std::array<int64_t, 3>{}
   m.def("attention_forward", &attention_forward_py, LONGATTN_ATTENTION_PYARGS);
   m.def("attention_workspace_bytes", &attention_workspace_py, LONGATTN_ATTENTION_PYARGS);
-  m.def("lsh_attention_forward", &lsh_attention_forward_py, py::arg("qk"), py::arg("v"), py::arg("out"),
-        py::arg("lse"), py::arg("dtype"), py::arg("device"), py::arg("sizes"), py::arg("qk_strides"),
-        py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"), py::arg("options"), py::arg("causal"),
-        py::arg("rotations"), py::arg("buckets_in"), py::arg("buckets_out"), py::arg("key_padding_mask"),
-        py::arg("mask_strides"), py::arg("stream"), py::arg("bucket_factors") = std::vector<int64_t>{});
+#define LONGATTN_LSH_PYARGS                                                                                         \
+  py::arg("qk"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("dtype"), py::arg("device"), py::arg("sizes"), \
+      py::arg("qk_strides"), py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"), py::arg("options"), \
+      py::arg("causal"), py::arg("rotations"), py::arg("buckets_in"), py::arg("buckets_out"),                         \
+      py::arg("key_padding_mask"), py::arg("mask_strides"), py::arg("stream"),                                         \
+      py::arg("bucket_factors") = std::vector<int64_t>{}, py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,    \
+      py::arg("device_index") = -1
+  m.def("lsh_attention_forward", &lsh_attention_forward_py, LONGATTN_LSH_PYARGS);
+  m.def("lsh_attention_workspace_bytes", &lsh_attention_workspace_py, LONGATTN_LSH_PYARGS);
   m.def("version", &version);
   m.def("num_threads", &num_threads);
   m.def("environment_warnings", [] { return std::string(environment_warnings()); });

@@ -260,17 +260,23 @@ def lsh_attention_fwd(qk: torch.Tensor, v: torch.Tensor, n_hashes: int, n_bucket
     buckets_out = torch.empty((B, H, n_hashes, S) if return_buckets else (0,), dtype=torch.int64, device=qk.device)
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse, buckets_out
-    qk, v = _unit_last_stride(qk), _unit_last_stride(v)
+    qk, v = (_cuda_aligned(_unit_last_stride(t), backend) for t in (qk, v))
     m_ptr, m_strides = 0, (0, 0)
     if key_padding_mask is not None:
         m_ptr, m_strides = key_padding_mask.data_ptr(), (key_padding_mask.stride(0), key_padding_mask.stride(1))
-    _C.lsh_attention_forward(
-        qk.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), str(qk.dtype).removeprefix("torch."),
-        backend, (B, S, H, D, Dv), _bsh_strides(qk), _bsh_strides(v), _bsh_strides(out),
-        (lse.stride(0), lse.stride(1)), (n_hashes, n_buckets, chunk_length, chunks_before, chunks_after), causal,
-        0 if rotations is None else rotations.data_ptr(), 0 if buckets is None else buckets.data_ptr(),
-        buckets_out.data_ptr() if return_buckets else 0, m_ptr, m_strides, _stream_handle(qk.device, backend),
-        [int(f) for f in bucket_factors])
+    args = [qk.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), str(qk.dtype).removeprefix("torch."),
+            backend, (B, S, H, D, Dv), _bsh_strides(qk), _bsh_strides(v), _bsh_strides(out),
+            (lse.stride(0), lse.stride(1)), (n_hashes, n_buckets, chunk_length, chunks_before, chunks_after), causal,
+            _ptr(rotations), _ptr(buckets), buckets_out.data_ptr() if return_buckets else 0, m_ptr, m_strides,
+            _stream_handle(qk.device, backend), [int(f) for f in bucket_factors], 0, 0,
+            _device_index(qk.device, backend)]
+    workspace = None
+    if _backend.is_cuda_like(backend):  # buckets, sort, key norms, round partials: torch's allocator, no cudaMalloc
+        n = _C.lsh_attention_workspace_bytes(*args)
+        if n:
+            workspace = torch.empty(n, dtype=torch.uint8, device=qk.device)
+            args[20], args[21] = workspace.data_ptr(), n
+    _C.lsh_attention_forward(*args)
     return out, lse, buckets_out
 
 

@@ -203,8 +203,7 @@ def check_qk_v(qk, v) -> None:
             if d not in CPU_HEAD_DIMS:
                 raise ValueError(f"{name}: got {d}; the CPU backend supports head dims 1..256")
     elif _backend.is_cuda_like(_backend.of(qk)):
-        raise ValueError("device: got a CUDA tensor (or a CPU tensor inside longattn.testing.cuda_emulator()), but "
-                         "lsh_attention has no CUDA kernels yet; supported devices: cpu")
+        check_cuda_support(qk.dtype, qk.shape[3], v.shape[3], _backend.of(qk))
     else:
         raise ValueError(f"device: got {qk.device}; supported devices: cpu (and meta, for shapes)")
 

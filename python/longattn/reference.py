@@ -181,8 +181,11 @@ def lsh_hash(qk: torch.Tensor, rotations: torch.Tensor, key_padding_mask: torch.
 
 def lsh_attention(qk: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor, *, chunk_length: int,
                   chunks_before: int = 1, chunks_after: int = 0, causal: bool = False,
-                  key_padding_mask: torch.Tensor | None = None, compute_dtype=torch.float64):
+                  key_padding_mask: torch.Tensor | None = None, compute_dtype=torch.float64, p_dtype=None):
     """LSH step 3-9 for given buckets (B, H, n_hashes, S). Returns (out (B, S, H, Dv), lse (B, H, S)).
+
+    p_dtype: round the softmax probabilities to this dtype before they multiply v (what a tensor-core kernel does
+    with float16 / bfloat16 inputs); None = keep them in compute_dtype.
 
     Loops over nothing clever: sort the (round, position) items of each (batch, head) by (round, bucket, position),
     cut the sorted list into chunks, let chunk c attend chunks c - chunks_before .. c + chunks_after (cyclic), mask
@@ -208,6 +211,10 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor, *, c
         s = s.masked_fill(hidden, mask_value)
         return s.masked_fill(k_pos[None, :] == q_pos[:, None], self_value)
 
+    def probs_of(s):
+        p = torch.softmax(s, -1)
+        return p if p_dtype is None else p.to(p_dtype).to(compute_dtype)
+
     if S <= chunk_length:                                    # step 9: one round of ordinary attention
         out = torch.empty(B, H, S, vals.shape[-1], dtype=compute_dtype, device=qk.device)
         lse = torch.empty(B, H, S, dtype=compute_dtype, device=qk.device)
@@ -216,7 +223,7 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor, *, c
             for h in range(H):
                 s = scores_of(pos, pos, (b, h))
                 lse[b, h] = torch.logsumexp(s, -1)
-                out[b, h] = torch.softmax(s, -1) @ vals[b, h]
+                out[b, h] = probs_of(s) @ vals[b, h]
         return out.transpose(1, 2), lse
 
     n_hashes = buckets.shape[2]
@@ -246,7 +253,7 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor, *, c
             lse_items = torch.empty(n_items, dtype=compute_dtype, device=qk.device)
             o_items = torch.empty(n_items, vals.shape[-1], dtype=compute_dtype, device=qk.device)
             lse_items[q_items.reshape(-1)] = torch.logsumexp(s, -1).reshape(-1)              # undo the sort
-            o_items[q_items.reshape(-1)] = torch.einsum("cqk,ckv->cqv", torch.softmax(s, -1),
+            o_items[q_items.reshape(-1)] = torch.einsum("cqk,ckv->cqv", probs_of(s),
                                                         vals[b, h][k_pos]).reshape(n_items, -1)
             lse_r = lse_items.reshape(n_hashes, S)           # step 8: combine the rounds
             lse[b, h] = torch.logsumexp(lse_r, 0)

@@ -221,3 +221,95 @@ TEST(EmulatedBackend, PagedKvCacheDecodeMatchesTheCpuBackend) {
 
 }  // namespace
 }  // namespace longattn
+
+namespace longattn {
+namespace {
+
+// LSH attention through the C++ API: the CUDA backend on the emulator against the CPU backend, same inputs and
+// rotations. The buckets are the same bits (the hashing does the CPU's float32 operations in the CPU's order);
+// float32 outputs agree to float32 rounding, bfloat16 ones to the rounding of P on the tensor cores.
+TEST(EmulatedBackend, LshAttentionMatchesTheCpuBackend) {
+  struct LshRun {
+    DType dtype;
+    int64_t seqlen, heads, head_dim, n_hashes, chunk, before, after;
+    std::vector<int64_t> factors;  // empty: n_buckets = 8, one factor
+    bool causal, padding;
+  };
+  const LshRun runs[] = {
+      {DType::kFloat32, 256, 2, 48, 3, 32, 1, 0, {}, true, true},
+      {DType::kFloat32, 40, 1, 16, 2, 64, 1, 0, {}, false, false},  // S <= chunk: one round, no hashing
+      {DType::kBFloat16, 256, 2, 64, 2, 64, 1, 1, {4, 6}, false, true},
+      {DType::kFloat16, 192, 1, 32, 4, 32, 2, 0, {}, true, false},
+  };
+  const CpuIsa saved = active_cpu_isa();
+  if (!set_cpu_isa(CpuIsa::kAvx2).ok() && !set_cpu_isa(CpuIsa::kAvx512).ok())
+    GTEST_SKIP() << "the CPU buckets to compare with come from a fused multiply-add (AVX2 or AVX-512) kernel";
+  for (const LshRun& c : runs) {
+    const int64_t B = 2, S = c.seqlen, H = c.heads, D = c.head_dim;
+    const int64_t n_buckets = c.factors.empty() ? 8 : c.factors[0] * c.factors[1];
+    const int64_t columns = c.factors.empty() ? 4 : (c.factors[0] + c.factors[1]) / 2;
+    std::mt19937 rng(3);
+    std::normal_distribution<float> dist;
+    const bool f32 = c.dtype == DType::kFloat32;
+    std::vector<float> qk(B * S * H * D), v(qk.size()), rot(H * D * c.n_hashes * columns);
+    std::vector<uint16_t> qk16(qk.size()), v16(v.size());
+    for (auto* t : {&qk, &v})
+      for (size_t i = 0; i < t->size(); ++i) {
+        float x = dist(rng);
+        uint16_t& bits = (t == &qk ? qk16 : v16)[i];
+        if (c.dtype == DType::kFloat16) bits = to_f16(x);
+        if (c.dtype == DType::kBFloat16) bits = to_bf16(x);
+        (*t)[i] = x;
+      }
+    for (auto& x : rot) x = dist(rng);
+    std::vector<uint8_t> mask(B * S, 1);
+    if (c.padding)
+      for (int64_t t = S - 7; t < S; ++t) mask[t] = 0;
+    const auto run = [&](Device device, std::vector<float>* out32, std::vector<uint16_t>* out16,
+                         std::vector<float>* lse, std::vector<int64_t>* buckets) {
+      out32->assign(qk.size(), NAN);
+      out16->assign(qk.size(), 0x7fff);
+      lse->assign(B * H * S, NAN);
+      buckets->assign(B * H * c.n_hashes * S, -1);
+      LshAttentionParams p;
+      p.device = device;
+      p.dtype = c.dtype;
+      p.qk = f32 ? static_cast<const void*>(qk.data()) : qk16.data();
+      p.v = f32 ? static_cast<const void*>(v.data()) : v16.data();
+      p.out = f32 ? static_cast<void*>(out32->data()) : out16->data();
+      p.lse = lse->data();
+      p.buckets_out = buckets->data();
+      p.batch = B, p.seqlen = S, p.heads = H, p.head_dim = p.head_dim_v = D;
+      p.qk_stride = p.v_stride = p.out_stride = {S * H * D, H * D, D};
+      p.lse_batch_stride = H * S, p.lse_head_stride = S;
+      p.n_hashes = c.n_hashes, p.n_buckets = n_buckets;
+      if (!c.factors.empty()) p.bucket_factors = c.factors.data(), p.n_bucket_factors = int64_t(c.factors.size());
+      p.chunk_length = c.chunk, p.chunks_before = c.before, p.chunks_after = c.after, p.causal = c.causal;
+      p.rotations = rot.data();
+      if (c.padding) p.key_padding_mask = mask.data(), p.mask_batch_stride = S, p.mask_seq_stride = 1;
+      std::vector<uint8_t> ws(size_t(lsh_attention_workspace_bytes(p)));
+      if (device == Device::kCudaEmulator) ASSERT_GT(ws.size(), 0u);
+      p.workspace = ws.empty() ? nullptr : ws.data(), p.workspace_bytes = int64_t(ws.size());
+      const Status st = lsh_attention_forward(p);
+      ASSERT_TRUE(st.ok()) << st.message;
+    };
+    std::vector<float> out_cpu, out_emu, lse_cpu, lse_emu;
+    std::vector<uint16_t> o16_cpu, o16_emu;
+    std::vector<int64_t> b_cpu, b_emu;
+    run(Device::kCpu, &out_cpu, &o16_cpu, &lse_cpu, &b_cpu);
+    run(Device::kCudaEmulator, &out_emu, &o16_emu, &lse_emu, &b_emu);
+    EXPECT_EQ(b_emu, b_cpu) << "buckets, S = " << S;
+    const auto value = [&](const std::vector<float>& o32, const std::vector<uint16_t>& o16, size_t i) -> double {
+      return f32 ? o32[i] : c.dtype == DType::kFloat16 ? from_f16(o16[i]) : from_bf16(o16[i]);
+    };
+    const double tol = f32 ? 2e-5 : c.dtype == DType::kFloat16 ? 6e-3 : 4e-2;
+    for (size_t i = 0; i < qk.size(); ++i)
+      ASSERT_NEAR(value(out_emu, o16_emu, i), value(out_cpu, o16_cpu, i), tol) << "out " << i << ", S = " << S;
+    for (size_t i = 0; i < lse_cpu.size(); ++i)
+      ASSERT_NEAR(lse_emu[i], lse_cpu[i], 1e-4 * std::max(1.0f, std::fabs(lse_cpu[i]))) << "lse " << i;
+  }
+  set_cpu_isa(saved);
+}
+
+}  // namespace
+}  // namespace longattn

@@ -256,12 +256,11 @@ def test_cuda_tensors_get_a_clear_error():
         for dtype, d, dv in [(torch.float16, 48, 48), (torch.bfloat16, 64, 32), (torch.float16, 512, 512)]:
             q = torch.empty(1, 8, 4, d, device="cuda", dtype=dtype)
             v = torch.empty(1, 8, 4, dv, device="cuda", dtype=dtype)
-            with pytest.raises(ValueError, match=r"head_dim: got head_dim=.* supported: head_dim == head_dim_v in "
-                                                 r"\(32, 64, 96, 128, 256\)"):
-                longattn.attention(q, q, v)
-        q = torch.empty(1, 64, 4, 16, device="cuda")
-        with pytest.raises(ValueError, match="lsh_attention has no CUDA kernels yet"):
-            longattn.lsh_attention(q, q, n_hashes=1, n_buckets=4, chunk_length=32)
+            for call in (lambda: longattn.attention(q, q, v),
+                         lambda: longattn.lsh_attention(q, v, n_hashes=1, n_buckets=4, chunk_length=4)):
+                with pytest.raises(ValueError, match=r"head_dim: got head_dim=.* supported: head_dim == head_dim_v "
+                                                     r"in \(32, 64, 96, 128, 256\)"):
+                    call()
 
 
 def test_threads_api():

@@ -244,7 +244,7 @@ def test_unsupported_combinations_are_refused_with_the_supported_list(dev):
     q = rand(1, 16, 2, 40, torch.float16, dev)
     with pytest.raises(ValueError, match=r"head_dim: got head_dim=40.*supported: head_dim == head_dim_v in"):
         longattn.attention(q, q, q)
-    with pytest.raises(ValueError, match=r"lsh_attention has no CUDA kernels yet"):
+    with pytest.raises(ValueError, match=r"head_dim: got head_dim=40.*supported: head_dim == head_dim_v in"):
         longattn.lsh_attention(q, q, n_hashes=1, n_buckets=2, chunk_length=8)
 
 

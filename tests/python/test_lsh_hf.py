@@ -61,7 +61,7 @@ from transformers import ReformerConfig  # noqa: E402
 from transformers.models.reformer.modeling_reformer import LSHSelfAttention, ReformerModel  # noqa: E402
 
 import longattn  # noqa: E402
-from longattn import reference  # noqa: E402
+from longattn import reference, testing  # noqa: E402
 
 from helpers import ABS_FLOOR, assert_matches_oracle  # noqa: E402
 
@@ -261,6 +261,14 @@ def test_matches_hf(case):
     heads, _, n_hashes, _, _, _, _, causal, _ = case
     if causal:  # token 0 sees only itself in every round: the self-only tolerance is exercised
         assert n_self_only >= 2 * heads
+
+
+@pytest.mark.skipif(not testing.emulator_available(), reason="a build without the CUDA emulator")
+@pytest.mark.parametrize("case", [CASES[1], CASES[7], FACTORIZED_CASES[2]], ids=["plain", "causal", "factorized"])
+def test_matches_hf_on_the_cuda_kernels(case):
+    # the CUDA backend (its float32 kernels, on the emulator): the same buckets as HF and the same tolerances
+    with testing.cuda_emulator():
+        check_case(*case, seed=2 if isinstance(case[3], list) else 0)
 
 
 def test_chunks_wrap_onto_the_same_chunk_twice():

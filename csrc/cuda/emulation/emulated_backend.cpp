@@ -65,4 +65,35 @@ Status run_on_emulator(const AttentionParams& p) {
   return cuda_emulated::attention_forward(p);
 }
 
+Status run_lsh_on_emulator(const LshAttentionParams& p) {
+  emulator::Session session;
+  const size_t elem = p.dtype == DType::kFloat32 ? 4 : 2;
+  const auto bshd = [](const BshdStrides& s, int64_t (&out)[4]) {
+    out[0] = s.batch, out[1] = s.seq, out[2] = s.head, out[3] = 1;
+    return out;
+  };
+  int64_t st[4];
+  const int64_t qk_sizes[4] = {p.batch, p.seqlen, p.heads, p.head_dim};
+  const int64_t v_sizes[4] = {p.batch, p.seqlen, p.heads, p.head_dim_v};
+  session.add_strided("qk", p.qk, elem, qk_sizes, bshd(p.qk_stride, st), 4, false);
+  session.add_strided("v", p.v, elem, v_sizes, bshd(p.v_stride, st), 4, false);
+  session.add_strided("out", p.out, elem, v_sizes, bshd(p.out_stride, st), 4, true);
+  if (p.lse) {
+    const int64_t sizes[3] = {p.batch, p.heads, p.seqlen}, lse_strides[3] = {p.lse_batch_stride, p.lse_head_stride, 1};
+    session.add_strided("lse", p.lse, 4, sizes, lse_strides, 3, true);
+  }
+  const size_t bucket_bytes = size_t(p.batch * p.heads * p.n_hashes * p.seqlen) * 8;
+  if (p.rotations)
+    session.add("rotations", p.rotations, size_t(p.heads * p.head_dim * p.n_hashes * lsh_rotation_columns(p)) * 4,
+                false);
+  if (p.buckets_in) session.add("buckets", p.buckets_in, bucket_bytes, false);
+  if (p.buckets_out) session.add("buckets_out", p.buckets_out, bucket_bytes, true);
+  if (p.key_padding_mask) {
+    const int64_t sizes[2] = {p.batch, p.seqlen}, m_strides[2] = {p.mask_batch_stride, p.mask_seq_stride};
+    session.add_strided("key_padding_mask", p.key_padding_mask, 1, sizes, m_strides, 2, false);
+  }
+  session.add("workspace", p.workspace, size_t(p.workspace_bytes), true);
+  return cuda_emulated::lsh_attention_forward(p);
+}
+
 }  // namespace longattn::cuda_emulated

@@ -202,7 +202,12 @@ struct LshAttentionParams {
   int64_t mask_batch_stride = 0;
   int64_t mask_seq_stride = 0;
 
-  void* stream = nullptr;
+  void* stream = nullptr;  // CUDA: the stream to launch on (a cudaStream_t); null = the default stream
+  int device_index = -1;   // CUDA device of the tensors (made current for the call); -1 = the current device
+  // Device scratch for Device::kCuda, at least lsh_attention_workspace_bytes(params) bytes, owned by the caller (no
+  // allocation inside the call, so it can be captured in a CUDA graph): buckets, sort, key norms, per-round partials.
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
 };
 
 // Columns of the rotations per (head, round): n_buckets / 2, or the sum of bucket_factors[i] / 2 when factorized.
@@ -215,6 +220,8 @@ inline int64_t lsh_rotation_columns(const LshAttentionParams& p) {
 
 Status lsh_attention_forward(const LshAttentionParams& params);
 Status check_lsh_params(const LshAttentionParams& params);
+// Scratch bytes lsh_attention_forward needs in params.workspace (CUDA; 0 on the CPU, which allocates its own).
+int64_t lsh_attention_workspace_bytes(const LshAttentionParams& params);
 
 // ---- CPU backend controls -------------------------------------------------------------------------------------
 enum class CpuIsa : int32_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
