@@ -21,7 +21,7 @@ struct CpuKernelTable {
   // LSH attention (lsh_plan.h): scratch per thread, and one item of each phase
   int64_t (*lsh_workspace_floats)(const LshPlan&);
   void (*lsh_hash_item)(const LshPlan&, int64_t item, float* workspace);
-  void (*lsh_attend_item)(const LshPlan&, int64_t item, float* workspace);
+  void (*lsh_attend_item)(const LshPlan&, int64_t round, int64_t item, float* workspace);
 };
 
 // The table of the active ISA (set_cpu_isa / LONGATTN_CPU_ISA / the best this CPU supports).
@@ -33,6 +33,9 @@ const CpuKernelTable& avx2_kernels();
 #endif
 #if defined(LONGATTN_HAVE_AVX512)
 const CpuKernelTable& avx512_kernels();
+#endif
+#if defined(LONGATTN_HAVE_AVX512_BF16)
+const CpuKernelTable& avx512_bf16_kernels();
 #endif
 
 }  // namespace longattn::cpu

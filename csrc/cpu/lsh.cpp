@@ -73,11 +73,21 @@ Status lsh_attention_forward(const LshAttentionParams& p) {
   if (plan.rounds > 1) {
     plan.acc.resize(B * H * S * plan.acc_stride());
   }
-  plan.chunks_per_item =
-      std::clamp<int64_t>(B * H * plan.chunks_per_round / (4 * int64_t(pool.num_threads())), 1, 64);
-  for (plan.round = 0; plan.round < plan.rounds; ++plan.round)
-    pool.parallel_for(plan.attend_items(), ws_floats,
-                      [&](int64_t item, float* ws) { k.lsh_attend_item(plan, item, ws); });
+  const int64_t threads = pool.num_threads();
+  // Head-major when the heads spread evenly enough over the threads (at most 1 head in 4 of imbalance).
+  if (plan.rounds > 1 && (B * H >= 4 * threads || (B * H >= threads && B * H % threads == 0))) {
+    plan.chunks_per_item = std::clamp<int64_t>(plan.chunks_per_round, 1, 64);
+    const int64_t per_head = LshPlan::blocks_of(plan.chunks_per_round, plan.chunks_per_item);
+    pool.parallel_for(B * H, ws_floats, [&](int64_t bh, float* ws) {
+      for (int64_t r = 0; r < plan.rounds; ++r)
+        for (int64_t i = 0; i < per_head; ++i) k.lsh_attend_item(plan, r, bh * per_head + i, ws);
+    });
+  } else {
+    plan.chunks_per_item = std::clamp<int64_t>(B * H * plan.chunks_per_round / (4 * threads), 1, 64);
+    for (int64_t r = 0; r < plan.rounds; ++r)
+      pool.parallel_for(plan.attend_items(), ws_floats,
+                        [&](int64_t item, float* ws) { k.lsh_attend_item(plan, r, item, ws); });
+  }
   return Status::Ok();
 }
 

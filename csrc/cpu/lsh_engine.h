@@ -240,8 +240,8 @@ inline void lsh_mask_scores(float* st, int64_t nk, int64_t nq_pad, const float* 
 // acc = Σ 2^(m_r - M) · o_r, acc_sum = Σ 2^(m_r - M) · l_r, M = max_r m_r; out = acc / acc_sum at the end, and
 // lse = ln2 · (M + log2(acc_sum)). The exponentials of a tile are computed together, one query per SIMD lane.
 template <DType T>
-void lsh_fold_tile(const LshPlan& plan, int64_t b, int64_t h, int64_t nq, const float* pos_q, const float* o,
-                   int64_t ldo, const float* m, const float* l, float* keep, float* weight) {
+void lsh_fold_tile(const LshPlan& plan, int64_t round, int64_t b, int64_t h, int64_t nq, const float* pos_q,
+                   const float* o, int64_t ldo, const float* m, const float* l, float* keep, float* weight) {
   using S = typename Elem<T>::Storage;
   using Reg = typename Vec::Reg;
   constexpr int W = Vec::kWidth;
@@ -264,7 +264,7 @@ void lsh_fold_tile(const LshPlan& plan, int64_t b, int64_t h, int64_t nq, const 
   const auto acc_of = [&](int64_t tok) { return state + tok * ld; };
   const auto max_of = [&](int64_t tok) -> float& { return state[tok * ld + Dv]; };
   const auto sum_of = [&](int64_t tok) -> float& { return state[tok * ld + Dv + 1]; };
-  if (plan.round == 0) {
+  if (round == 0) {
     for (int64_t c = 0; c < nq; ++c) {
       std::copy(o + c * ldo, o + c * ldo + Dv, acc_of(tok_of(c)));
       max_of(tok_of(c)) = m[c];
@@ -296,7 +296,7 @@ void lsh_fold_tile(const LshPlan& plan, int64_t b, int64_t h, int64_t nq, const 
       max_of(tok) = old_max[c + kBlockQ];
     }
   }
-  if (plan.round == plan.rounds - 1)
+  if (round == plan.rounds - 1)
     for (int64_t c = 0; c < nq; ++c) {
       const int64_t tok = tok_of(c);
       store_row<T>(acc_of(tok), Dv, 1.0f / sum_of(tok), out_head + tok * p.out_stride.seq);
@@ -304,15 +304,15 @@ void lsh_fold_tile(const LshPlan& plan, int64_t b, int64_t h, int64_t nq, const 
     }
 }
 
-// Chunks [c_begin, c_end) of round plan.round of one (batch, head). Chunk c's queries are its own rows (raw qk); its
+// Chunks [c_begin, c_end) of round `round` of one (batch, head). Chunk c's queries are its own rows (raw qk); its
 // keys are the rows of chunks c - before .. c + after (cyclic over all rounds, as Reformer does), in that order.
 template <DType T>
-void lsh_attend_item(const LshPlan& plan, int64_t item, float* ws) {
+void lsh_attend_item(const LshPlan& plan, int64_t round, int64_t item, float* ws) {
   const LshAttentionParams& p = plan.p;
   const LshWorkspaceLayout lay(plan);
   const int64_t per_head = LshPlan::blocks_of(plan.chunks_per_round, plan.chunks_per_item);
   const int64_t b = item / (p.heads * per_head), h = (item / per_head) % p.heads;
-  const int64_t round_first = plan.round * plan.chunks_per_round;
+  const int64_t round_first = round * plan.chunks_per_round;
   const int64_t c_begin = round_first + (item % per_head) * plan.chunks_per_item;
   const int64_t c_end = std::min(round_first + plan.chunks_per_round, c_begin + plan.chunks_per_item);
   const int64_t L = plan.chunk, D = p.head_dim, dv_pad = round_up(p.head_dim_v, kNR);
@@ -381,7 +381,7 @@ void lsh_attend_item(const LshPlan& plan, int64_t item, float* ws) {
       // This round's result, folded in at the queries' original positions. l >= 1: scores are replaced, never
       // -inf, so no row is empty.
       for (int t = 0; t < n_sub; ++t)
-        lsh_fold_tile<T>(plan, b, h, nq[t], ws + lay.pos_q + t * kBlockQ, ws + lay.o + t * lay.o_size, dv_pad,
+        lsh_fold_tile<T>(plan, round, b, h, nq[t], ws + lay.pos_q + t * kBlockQ, ws + lay.o + t * lay.o_size, dv_pad,
                          ws + lay.m + t * kBlockQ, ws + lay.l + t * kBlockQ, ws + lay.fold, ws + lay.fold + 2 * kBlockQ);
     }
   }

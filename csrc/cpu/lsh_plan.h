@@ -3,10 +3,13 @@
 // Phases, each a parallel loop over independent items:
 //   1. hash     (batch, head, block of tokens): each key's normalisation; buckets of every round (unless given)
 //   2. sort     (batch, head, round): a stable counting sort of the round's buckets -> sorted positions
-//   3. attend   one parallel loop per round r, over (batch, head, run of consecutive chunks of round r): chunked
-//               attention; each token's result is folded into a running combination of the rounds at its original
-//               position (every token is in exactly one chunk of a round, so no two items touch the same token),
-//               and the last round writes out and lse.
+//   3. attend   (batch, head, run of consecutive chunks of round r): chunked attention; each token's result is
+//               folded into a running combination of the rounds at its original position (every token is in
+//               exactly one chunk of a round, so no two items of a round touch the same token), and the last round
+//               writes out and lse. The rounds of one head run in order: either one parallel loop per round, or,
+//               with enough heads for the threads, one loop over heads, each running its rounds one after another
+//               (a head's rows then stay in cache from round to round instead of every head being streamed from
+//               memory once per round).
 #pragma once
 
 #include <cstdint>
@@ -25,7 +28,6 @@ struct LshPlan {
   int64_t chunks_per_round = 0;   // seqlen / chunk
   int64_t chunks_per_item = 1;    // attend phase: consecutive chunks share gathered rows
   int64_t tokens_per_item = 512;  // hash phase
-  int64_t round = 0;              // the round the attend phase is working on
   bool hash = true;               // phase 1 hashes (else the buckets were given and it only normalises keys)
 
   // Scratch, owned by the call (B batch, H heads, S seqlen, R rounds); items write disjoint parts of it.
