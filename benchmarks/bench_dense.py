@@ -1,11 +1,13 @@
 """Dense attention on the CPU: longattn vs torch SDPA vs the naive materialised softmax, side by side in one run.
 
-B1 H8, D64 and D128, S 512..8192, causal and not, float32 and bfloat16. Prints GFLOP/s and ratios, measures the
-sgemm rate of this machine in the same run (the practical FMA peak), writes results/dense.{csv,json,png}, and
-measures peak memory at S=32768 in fresh subprocesses (it must not grow like S²).
+B1 H8, D64 and D128, S 512..8192, causal and not, float32 and bfloat16. Prints GFLOP/s and ratios (bfloat16 rows
+also: longattn bfloat16 over longattn float32, same shape), the host's CPU flags and the CPU path each dtype runs,
+measures the sgemm rate of this machine in the same run (the practical FMA peak), writes
+results/<name>.{csv,json,png}, and measures peak memory at S=32768 in fresh subprocesses (it must not grow like S²).
 
     python benchmarks/bench_dense.py            # the full sweep (several minutes on 2 cores)
     python benchmarks/bench_dense.py --quick    # a subset
+    python benchmarks/bench_dense.py --name dense_zen5   # results of another host beside the README's
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 import longattn
-from longattn._bench import attention_flops, naive_bshd, run_memory_probe, sdpa_bshd, time_interleaved
+from longattn._bench import attention_flops, host_line, naive_bshd, run_memory_probe, sdpa_bshd, time_interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,6 +60,23 @@ def sweep(seqlens, head_dims, dtypes, naive_max_s: int, reps: int):
                           f"| sdpa {row['sdpa_gflops']:6.1f} | naive {naive} GFLOP/s | x{row['vs_sdpa']:.2f} vs sdpa",
                           flush=True)
     return rows
+
+
+def print_table(rows) -> None:
+    """GFLOP/s longattn / SDPA (speed-up) per dtype, S and (head dim, causal); bfloat16 cells add longattn's
+    bfloat16 speed-up over its own float32."""
+    for dt in sorted({r["dtype"] for r in rows}, reverse=True):
+        cols = sorted({(r["head_dim"], r["causal"]) for r in rows})
+        print(f"\n{dt}: longattn / SDPA GFLOP/s (x vs SDPA" + (", x vs longattn float32)" if dt != "float32" else ")"))
+        print("| S | " + " | ".join(f"D{d}{' causal' if c else ''}" for d, c in cols) + " |")
+        print("| ---: |" + " :---: |" * len(cols))
+        for S in sorted({r["seqlen"] for r in rows}):
+            cells = []
+            for d, c in cols:
+                r = next(x for x in rows if (x["dtype"], x["seqlen"], x["head_dim"], x["causal"]) == (dt, S, d, c))
+                own = f", {r['vs_own_float32']:.2f}x f32" if dt != "float32" and r.get("vs_own_float32") else ""
+                cells.append(f"{r['longattn_gflops']:.0f} / {r['sdpa_gflops']:.0f} (**{r['vs_sdpa']:.2f}x**{own})")
+            print(f"| {S} | " + " | ".join(cells) + " |")
 
 
 MEMORY_PROBE = r"""
@@ -129,10 +148,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--name", default="dense", help="results file stem (default: dense)")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     seqlens = [1024, 4096] if args.quick else [512, 1024, 2048, 4096, 8192]
     caps = longattn.capabilities()
+    from longattn.__main__ import cpu_dtype_paths
+    print(host_line())
+    for line in cpu_dtype_paths(caps["cpu_isa_active"]):
+        print(f"CPU path: {line}")
     print(f"longattn {caps['longattn']} ({caps['cpu_isa_active']}, {caps['threads']} threads), torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)")
     started = time.time()
@@ -143,17 +167,22 @@ def main() -> None:
     memory = [] if args.no_memory else peak_memory([8192, 32768])
     for r in rows:
         r["of_sgemm"] = round(r["longattn_gflops"] / gemm, 3)  # share of the machine's sgemm rate, same run
-    meta = {"machine_cpu_isa": caps["cpu_isa_active"], "threads": caps["threads"], "torch": torch.__version__,
+        same = [f for f in rows if f["dtype"] == "float32" and (f["head_dim"], f["causal"], f["seqlen"]) ==
+                (r["head_dim"], r["causal"], r["seqlen"])]
+        r["vs_own_float32"] = round(same[0]["longattn_ms"] / r["longattn_ms"], 3) if same else None
+    print_table(rows)
+    meta = {"host": host_line(), "cpu_paths": cpu_dtype_paths(caps["cpu_isa_active"]),
+            "machine_cpu_isa": caps["cpu_isa_active"], "threads": caps["threads"], "torch": torch.__version__,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "sgemm_gflops": round(gemm, 1),
             "seconds": round(time.time() - started, 1)}
-    with open(RESULTS / "dense.json", "w") as f:
+    with open(RESULTS / f"{args.name}.json", "w") as f:
         json.dump({"meta": meta, "rows": rows, "memory": memory}, f, indent=1)
-    with open(RESULTS / "dense.csv", "w", newline="") as f:
+    with open(RESULTS / f"{args.name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"wrote {RESULTS / 'dense.json'} and dense.csv")
-    plot(rows, RESULTS / "dense.png")
+    print(f"wrote {RESULTS / (args.name + '.json')} and {args.name}.csv")
+    plot(rows, RESULTS / f"{args.name}.png")
 
 
 if __name__ == "__main__":

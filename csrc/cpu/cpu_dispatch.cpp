@@ -14,6 +14,8 @@ namespace longattn {
 namespace cpu {
 namespace {
 
+constexpr CpuIsa kAllIsas[] = {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16};
+
 bool cpu_has(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::kScalar: return true;
@@ -32,6 +34,12 @@ bool cpu_has(CpuIsa isa) {
 #else
       return false;
 #endif
+    case CpuIsa::kAvx512Bf16:
+#if defined(LONGATTN_HAVE_AVX512_BF16) && (defined(__GNUC__) || defined(__clang__))
+      return cpu_has(CpuIsa::kAvx512) && __builtin_cpu_supports("avx512bf16");
+#else
+      return false;
+#endif
   }
   return false;
 }
@@ -42,14 +50,14 @@ CpuIsa initial_isa(std::string* problem = nullptr) {
   const char* env = std::getenv("LONGATTN_CPU_ISA");
   if (!env || !*env) return best;  // unset or empty
   const std::string using_best = std::string(": ignored, using ") + cpu_isa_name(best) + " (the best this CPU runs)";
-  for (CpuIsa c : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512})
+  for (CpuIsa c : kAllIsas)
     if (std::strcmp(env, cpu_isa_name(c)) == 0) {
       if (cpu_has(c)) return c;
       if (problem) *problem = "LONGATTN_CPU_ISA='" + std::string(env) + "': this CPU or build cannot run it" + using_best;
       return best;
     }
   if (problem)
-    *problem = "LONGATTN_CPU_ISA='" + std::string(env) + "' is not one of scalar, avx2, avx512 (exactly, lower case)" +
+    *problem = "LONGATTN_CPU_ISA='" + std::string(env) + "' is not one of scalar, avx2, avx512, avx512_bf16 (exactly, lower case)" +
                using_best;
   return best;
 }
@@ -61,6 +69,9 @@ std::atomic<int>& active_isa_slot() {
 
 const CpuKernelTable& kernels_for(CpuIsa isa) {
   switch (isa) {
+#if defined(LONGATTN_HAVE_AVX512_BF16)
+    case CpuIsa::kAvx512Bf16: return avx512_bf16_kernels();
+#endif
 #if defined(LONGATTN_HAVE_AVX512)
     case CpuIsa::kAvx512: return avx512_kernels();
 #endif
@@ -131,6 +142,7 @@ const char* cpu_isa_name(CpuIsa isa) {
     case CpuIsa::kScalar: return "scalar";
     case CpuIsa::kAvx2: return "avx2";
     case CpuIsa::kAvx512: return "avx512";
+    case CpuIsa::kAvx512Bf16: return "avx512_bf16";
   }
   return "unknown";
 }
@@ -138,6 +150,7 @@ const char* cpu_isa_name(CpuIsa isa) {
 bool cpu_isa_supported(CpuIsa isa) { return cpu::cpu_has(isa); }
 
 CpuIsa best_cpu_isa() {
+  if (cpu::cpu_has(CpuIsa::kAvx512Bf16)) return CpuIsa::kAvx512Bf16;
   if (cpu::cpu_has(CpuIsa::kAvx512)) return CpuIsa::kAvx512;
   if (cpu::cpu_has(CpuIsa::kAvx2)) return CpuIsa::kAvx2;
   return CpuIsa::kScalar;
@@ -146,8 +159,8 @@ CpuIsa best_cpu_isa() {
 CpuIsa active_cpu_isa() { return CpuIsa(cpu::active_isa_slot().load()); }
 
 Status set_cpu_isa(CpuIsa isa) {
-  if (isa != CpuIsa::kScalar && isa != CpuIsa::kAvx2 && isa != CpuIsa::kAvx512)
-    return Status::Invalid("isa: expected scalar, avx2 or avx512");
+  if (isa != CpuIsa::kScalar && isa != CpuIsa::kAvx2 && isa != CpuIsa::kAvx512 && isa != CpuIsa::kAvx512Bf16)
+    return Status::Invalid("isa: expected scalar, avx2, avx512 or avx512_bf16");
   if (!cpu::cpu_has(isa))
     return Status::Unsupported(std::string("isa: ") + cpu_isa_name(isa) +
                                " is not compiled into this build or not supported by this CPU");

@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "band_policy.h"
 #include "longattn/longattn.h"
@@ -83,7 +85,7 @@ constexpr int64_t kTileCacheBytes = int64_t(1) << 20;
 
 // Scratch floats one thread needs for `p` (the dispatcher allocates it, so no allocation happens in this file).
 struct WorkspaceLayout {
-  int64_t qt, o, m, l, st, alpha, kcache, vcache, kglobal, vglobal, total;
+  int64_t qt, o, m, l, st, alpha, pt, kcache, vcache, kglobal, vglobal, total;
   int64_t qt_size, o_size;  // per sub-tile
   int64_t k_tile, v_tile;   // floats of one packed K / V tile
   int cached_tiles;
@@ -102,6 +104,7 @@ struct WorkspaceLayout {
     l = take(kSubTiles * kBlockQ);             // running sum per query
     st = take(int64_t(kBlockK) * kBlockQ);     // Sᵀ then Pᵀ (kBlockK, kBlockQ)
     alpha = take(kBlockQ);                     // rescale factor of the current tile
+    pt = take(int64_t(kBlockK) / 2 * kBlockQ + kBlockQ);  // bfloat16 tiles: Pᵀ as pairs of keys
     kcache = take(cached_tiles * k_tile);      // K tiles as float32 (kBlockK, head_dim)
     vcache = take(cached_tiles * v_tile);      // V tiles as float32 (kBlockK, dv_pad), zero-padded columns
     kglobal = take(k_tile);                    // one tile of gathered global keys
@@ -228,6 +231,150 @@ template <int MR> struct PvRows {
   }
 };
 
+// ---- bfloat16 tiles (AVX512-BF16) ---------------------------------------------------------------------------------
+// With VDPBF16PS, bfloat16 inputs skip the float32 conversion: a 32-bit lane holds a pair of bfloat16 values and one
+// instruction adds both products to a float32 accumulator, so both matrix products take half the instructions and
+// the tiles half the bytes. Scores, softmax and O stay float32; P is rounded to bfloat16 before P·V, as
+// FlashAttention does on GPUs. Tile layouts (uint32_t = one pair, the lower half the first value):
+//   Qᵀ (ceil(D/2), kBlockQ)   pairs along the head dim, unscaled (the scale multiplies the float32 scores)
+//   K  (nk, ceil(D/2))        the rows as stored, pairs along the head dim
+//   V  (ceil(nk/2), dv_pad)   pairs of consecutive keys: lane c of pair row j2 is (V[2 j2][c], V[2 j2 + 1][c])
+//   Pᵀ (ceil(nk/2), kBlockQ)  pairs of consecutive keys, like V
+#if defined(LONGATTN_ISA_AVX512_BF16)
+template <DType T> constexpr bool kBf16Tiles = T == DType::kBFloat16;
+#else
+template <DType T> constexpr bool kBf16Tiles = false;
+#endif
+template <DType T> using TileElem = std::conditional_t<kBf16Tiles<T>, uint32_t, float>;
+
+// The bodies exist in the AVX512-BF16 build only; other builds never instantiate them.
+template <int MR>
+void qk_bf16_microkernel(const uint32_t* k, int64_t ldk, int64_t d2, const uint32_t* qt, float* st, float scale);
+template <int MR>
+void pv_bf16_microkernel(const uint32_t* pt, int64_t nk2, const uint32_t* v, int64_t ldv, float* o, int64_t ldo,
+                         const float* alpha);
+template <class KAt, class VAt>
+void pack_kv_tile_bf16(KAt k_at, VAt v_at, int64_t nk, int64_t D, int64_t Dv, int64_t dv_pad, uint32_t* kt,
+                       uint32_t* vt);
+inline void pack_p_bf16(const float* st, int64_t nk, int64_t nq_pad, uint32_t* pt);
+
+#if defined(LONGATTN_ISA_AVX512_BF16)
+// St[r, 0:kNR] = scale · Σ_d2 K[r, d2] · Qᵀ[d2, 0:kNR] (pair dot products)  for r < MR.
+//   k (MR, d2) row stride ldk;  qt (d2, kNR) row stride kBlockQ;  st (MR, kNR) row stride kBlockQ
+template <int MR>
+LONGATTN_ALWAYS_INLINE void qk_bf16_microkernel(const uint32_t* k, int64_t ldk, int64_t d2, const uint32_t* qt,
+                                                float* st, float scale) {
+  __m512 acc[MR][kNV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < d2; ++d) {
+    __m512bh b[kNV];
+    for (int v = 0; v < kNV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(qt + d * kBlockQ + v * 16);
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(k[r * ldk + d]));
+      for (int v = 0; v < kNV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+    }
+  }
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < kNV; ++v) _mm512_storeu_ps(st + r * kBlockQ + v * 16, _mm512_mul_ps(acc[r][v], s));
+}
+
+// O[r, 0:kNR] = O[r, 0:kNR] · alpha[r] + Σ_j2 Pᵀ[j2, r] · V[j2, 0:kNR] (pair dot products)  for r < MR.
+//   pt (nk2, MR) row stride kBlockQ;  v (nk2, kNR) row stride ldv;  o (MR, kNR) row stride ldo
+template <int MR>
+LONGATTN_ALWAYS_INLINE void pv_bf16_microkernel(const uint32_t* pt, int64_t nk2, const uint32_t* v, int64_t ldv,
+                                                float* o, int64_t ldo, const float* alpha) {
+  __m512 acc[MR][kNV];
+  for (int r = 0; r < MR; ++r) {
+    const __m512 a = _mm512_set1_ps(alpha[r]);
+    for (int c = 0; c < kNV; ++c) acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(o + r * ldo + c * 16), a);
+  }
+  for (int64_t j = 0; j < nk2; ++j) {
+    __m512bh b[kNV];
+    for (int c = 0; c < kNV; ++c) b[c] = (__m512bh)_mm512_loadu_si512(v + j * ldv + c * 16);
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(pt[j * kBlockQ + r]));
+      for (int c = 0; c < kNV; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], a, b[c]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < kNV; ++c) _mm512_storeu_ps(o + r * ldo + c * 16, acc[r][c]);
+}
+
+// K rows copied as stored (an odd head dim gets a zero partner), V rows interleaved in pairs (a zero row partners an
+// odd last key; columns past Dv are zero).
+template <class KAt, class VAt>
+void pack_kv_tile_bf16(KAt k_at, VAt v_at, int64_t nk, int64_t D, int64_t Dv, int64_t dv_pad, uint32_t* kt,
+                       uint32_t* vt) {
+  const int64_t d2 = (D + 1) / 2;
+  for (int64_t j = 0; j < nk; ++j) {
+    std::memcpy(kt + j * d2, k_at(j), size_t(D) * 2);
+    if (D % 2) reinterpret_cast<uint16_t*>(kt + j * d2)[D] = 0;
+  }
+  for (int64_t j2 = 0; j2 < (nk + 1) / 2; ++j2) {
+    const uint16_t* r0 = v_at(2 * j2);
+    const uint16_t* r1 = 2 * j2 + 1 < nk ? v_at(2 * j2 + 1) : nullptr;
+    uint32_t* out = vt + j2 * dv_pad;
+    int64_t c = 0;
+    for (; c + 16 <= Dv; c += 16) {
+      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + c)));
+      const __m512i hi = r1 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + c)))
+                            : _mm512_setzero_si512();
+      _mm512_storeu_si512(out + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+    for (; c < Dv; ++c) out[c] = uint32_t(r0[c]) | uint32_t(r1 ? r1[c] : 0) << 16;
+    for (; c < dv_pad; ++c) out[c] = 0;
+  }
+}
+
+// Pᵀ pairs from the float32 P tile st (nk, kBlockQ), each value rounded to the nearest bfloat16 (ties to even; P is
+// finite, in [0, 1]); an odd last key gets a zero partner.
+inline void pack_p_bf16(const float* st, int64_t nk, int64_t nq_pad, uint32_t* pt) {
+  const __m512i half = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
+  const __m512i high = _mm512_set1_epi32(int(0xffff0000u));
+  const auto round = [&](__m512i x) {  // x + 0x7fff + (bit 16 of x): the upper 16 bits are the rounded bfloat16
+    return _mm512_add_epi32(x, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(x, 16), one)));
+  };
+  for (int64_t j2 = 0; j2 < (nk + 1) / 2; ++j2) {
+    const float* p0 = st + 2 * j2 * kBlockQ;
+    const bool pair = 2 * j2 + 1 < nk;
+    for (int64_t c = 0; c < nq_pad; c += 16) {
+      const __m512i x0 = round(_mm512_castps_si512(_mm512_loadu_ps(p0 + c)));
+      const __m512i x1 = pair ? round(_mm512_castps_si512(_mm512_loadu_ps(p0 + kBlockQ + c))) : _mm512_setzero_si512();
+      _mm512_storeu_si512(pt + j2 * kBlockQ + c, _mm512_or_si512(_mm512_srli_epi32(x0, 16), _mm512_and_si512(x1, high)));
+    }
+  }
+}
+#endif
+
+template <int MR> struct QkBf16Rows {
+  static void run(const uint32_t* k, int64_t ldk, int64_t d2, const uint32_t* qt, float* st, float scale) {
+    qk_bf16_microkernel<MR>(k, ldk, d2, qt, st, scale);
+  }
+};
+template <int MR> struct PvBf16Rows {
+  static void run(const uint32_t* pt, int64_t nk2, const uint32_t* v, int64_t ldv, float* o, int64_t ldo,
+                  const float* a) {
+    pv_bf16_microkernel<MR>(pt, nk2, v, ldv, o, ldo, a);
+  }
+};
+
+// Qᵀ pairs of the query rows row_at(c), c < nq, as stored; columns nq .. nq_pad - 1 are zero.
+template <class RowAt>
+inline void pack_query_tile_bf16(RowAt row_at, int64_t nq, int64_t nq_pad, int64_t D, uint32_t* qt) {
+  const int64_t d2 = (D + 1) / 2;
+  for (int64_t c = 0; c < nq_pad; ++c) {
+    if (c >= nq) {
+      for (int64_t d = 0; d < d2; ++d) qt[d * kBlockQ + c] = 0;
+      continue;
+    }
+    const uint16_t* row = row_at(c);
+    for (int64_t d = 0; d < D / 2; ++d) qt[d * kBlockQ + c] = uint32_t(row[2 * d]) | uint32_t(row[2 * d + 1]) << 16;
+    if (D % 2) qt[(D / 2) * kBlockQ + c] = row[D - 1];
+  }
+}
+
 // ---- online softmax ------------------------------------------------------------------------------------------------
 // One SIMD lane per query (column of St): m_new = max(m, max_j St[j]), alpha = 2^(m - m_new),
 // P[j] = 2^(St[j] - m_new) written over St, l = l * alpha + sum_j P[j]. kSoftmaxCols vectors of columns are done
@@ -303,6 +450,20 @@ inline void pack_kv_tile(KAt k_at, VAt v_at, int64_t nk, int64_t D, int64_t Dv, 
   }
 }
 
+// The tiles of a work item for element type T: float32 (converted) or, with kBf16Tiles<T>, bfloat16 pairs.
+template <DType T, class RowAt>
+inline void pack_queries(RowAt row_at, int64_t nq, int64_t nq_pad, int64_t D, float qscale, float* rows,
+                         TileElem<T>* qt) {
+  if constexpr (kBf16Tiles<T>) pack_query_tile_bf16(row_at, nq, nq_pad, D, qt);
+  else pack_query_tile<T>(row_at, nq, nq_pad, D, qscale, rows, qt);
+}
+template <DType T, class KAt, class VAt>
+inline void pack_keys_values(KAt k_at, VAt v_at, int64_t nk, int64_t D, int64_t Dv, int64_t dv_pad, TileElem<T>* kt,
+                             TileElem<T>* vt) {
+  if constexpr (kBf16Tiles<T>) pack_kv_tile_bf16(k_at, v_at, nk, D, Dv, dv_pad, kt, vt);
+  else pack_kv_tile<T>(k_at, v_at, nk, D, Dv, dv_pad, kt, vt);
+}
+
 // Visible keys [lo[c], hi[c]) of each query column c of a block on a band edge, in block-local key indices; both
 // ends grow with c. The micro-kernels skip the (key rows x query panel) and (query rows x keys) pieces that lie
 // wholly outside: on the two edge tiles of a band this halves the work. Skipped scores are masked anyway, and a
@@ -316,25 +477,36 @@ struct ColumnRanges {
 // block is visible (the unmasked fast path). ranges: null, or the visible interval of each column (band edges).
 // softcap2 > 0: the scores are softcap2 · tanh(K · Qᵀ) (Gemma 2's soft-capping, in log2 units; Q was packed with
 // scale / softcap), applied before the mask.
-template <class MaskFn>
-inline void attend_key_block(int64_t nq, int64_t nk, int64_t D, int64_t dv_pad, const float* kt, const float* vt,
-                             const float* qt, float* st, float* o, float* m, float* l, float* alpha,
-                             MaskFn mask_scores, const ColumnRanges* ranges, float softcap2 = 0.0f) {
-  const int64_t nq_pad = round_up(nq, kNR);
+// Tile = float: float32 tiles (Q packed with its scale). Tile = uint32_t: bfloat16 pair tiles (above), the scores
+// multiplied by score_scale, P packed into pt; kt then advances by ceil(D/2) per key and vt starts on a key pair.
+template <class Tile, class MaskFn>
+inline void attend_key_block(int64_t nq, int64_t nk, int64_t D, int64_t dv_pad, const Tile* kt, const Tile* vt,
+                             const Tile* qt, float* st, float* o, float* m, float* l, float* alpha,
+                             MaskFn mask_scores, const ColumnRanges* ranges, float softcap2 = 0.0f,
+                             float score_scale = 1.0f, uint32_t* pt = nullptr) {
+  constexpr bool bf16 = std::is_same_v<Tile, uint32_t>;
+  const int64_t nq_pad = round_up(nq, kNR), k_row = bf16 ? (D + 1) / 2 : D;
   // Key rows [j, j + rows) meet query panel c0 unless every column of the panel sees none of them.
   const auto rows_meet_panel = [&](int64_t j, int64_t rows, int64_t c0) {
     if (!ranges) return true;
     const int64_t c_last = std::min<int64_t>(c0 + kNR, nq) - 1;
     return c0 <= c_last && j < ranges->hi[c_last] && j + rows > ranges->lo[c0];
   };
+  const auto qk_rows = [&](int rows, int64_t j, int64_t c0) {
+    if constexpr (bf16) {
+      if (rows == kMR) qk_bf16_microkernel<kMR>(kt + j * k_row, k_row, k_row, qt + c0, st + j * kBlockQ + c0, score_scale);
+      else with_rows<QkBf16Rows>(rows, kt + j * k_row, k_row, k_row, qt + c0, st + j * kBlockQ + c0, score_scale);
+    } else {
+      if (rows == kMR) qk_microkernel<kMR>(kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
+      else with_rows<QkRows>(rows, kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
+    }
+  };
   // St = K · Qᵀ : (nk, nq_pad). A block of kMR key rows stays in L1 while it meets every query panel.
-  int64_t j = 0;
-  for (; j + kMR <= nk; j += kMR)
+  for (int64_t j = 0; j < nk; j += kMR) {
+    const int rows = int(std::min<int64_t>(kMR, nk - j));
     for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
-      if (rows_meet_panel(j, kMR, c0)) qk_microkernel<kMR>(kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
-  if (j < nk)
-    for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
-      if (rows_meet_panel(j, nk - j, c0)) with_rows<QkRows>(int(nk - j), kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
+      if (rows_meet_panel(j, rows, c0)) qk_rows(rows, j, c0);
+  }
 
   if (softcap2 > 0.0f) {
     const typename Vec::Reg cap = Vec::set1(softcap2);
@@ -348,18 +520,28 @@ inline void attend_key_block(int64_t nq, int64_t nk, int64_t D, int64_t dv_pad, 
   mask_scores(st, nq_pad);
 
   online_softmax_update(st, nk, nq_pad, m, l, alpha);
+  if constexpr (bf16) pack_p_bf16(st, nk, nq_pad, pt);
 
-  // O = O * alpha + P · V : (nq, dv_pad). Query rows [c, c + rows) need only keys [j_lo, j_hi).
+  // O = O * alpha + P · V : (nq, dv_pad). Query rows [c, c + rows) need only keys [j_lo, j_hi) (bfloat16 tiles: the
+  // key pairs covering them; a key outside has P = 0 exactly).
   for (int64_t n0 = 0; n0 < dv_pad; n0 += kNR) {
     for (int64_t c = 0; c < nq; c += kMR) {
       const int rows = int(std::min<int64_t>(kMR, nq - c));
       const int64_t j_lo = ranges ? ranges->lo[c] : 0;
       const int64_t j_hi = ranges ? std::max<int64_t>(j_lo, ranges->hi[c + rows - 1]) : nk;
-      const float* pt = st + j_lo * kBlockQ + c;
-      const float* v = vt + j_lo * dv_pad + n0;
       float* oc = o + c * dv_pad + n0;
-      if (rows == kMR) pv_microkernel<kMR>(pt, j_hi - j_lo, v, dv_pad, oc, dv_pad, alpha + c);
-      else with_rows<PvRows>(rows, pt, j_hi - j_lo, v, dv_pad, oc, dv_pad, alpha + c);
+      if constexpr (bf16) {
+        const int64_t p_lo = j_lo / 2, p_hi = (j_hi + 1) / 2;
+        const uint32_t* pp = pt + p_lo * kBlockQ + c;
+        const uint32_t* v = vt + p_lo * dv_pad + n0;
+        if (rows == kMR) pv_bf16_microkernel<kMR>(pp, p_hi - p_lo, v, dv_pad, oc, dv_pad, alpha + c);
+        else with_rows<PvBf16Rows>(rows, pp, p_hi - p_lo, v, dv_pad, oc, dv_pad, alpha + c);
+      } else {
+        const float* pp = st + j_lo * kBlockQ + c;
+        const float* v = vt + j_lo * dv_pad + n0;
+        if (rows == kMR) pv_microkernel<kMR>(pp, j_hi - j_lo, v, dv_pad, oc, dv_pad, alpha + c);
+        else with_rows<PvRows>(rows, pp, j_hi - j_lo, v, dv_pad, oc, dv_pad, alpha + c);
+      }
     }
   }
 }
@@ -440,6 +622,10 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
   const int64_t hk = G > 1 ? item.head : item.head / (p.heads_q / p.heads_k);
   const int64_t h_first = G > 1 ? hk * G : item.head;  // the query head of view column u % G == 0
   const int64_t D = p.head_dim, Dv = p.head_dim_v, dv_pad = round_up(Dv, kNR);
+  using Tile = TileElem<T>;  // float32 tiles, or bfloat16 pairs (kBf16Tiles)
+  constexpr bool bf16 = kBf16Tiles<T>;
+  const int64_t k_row = bf16 ? (D + 1) / 2 : D;  // tile elements per key row
+  const auto qt_of = [&](int t) { return reinterpret_cast<Tile*>(ws + lay.qt + t * lay.qt_size); };
   const bool global_rows = item.residue == kGlobalRows;
   const SequenceRows seq = plan.sequence(b);
   const bool packed = p.cu_seqlens_q != nullptr;  // variable-length batch: rows of all sequences, one after another
@@ -503,17 +689,17 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
       kb[t] = std::max(kb[t], item.key_lo);
       ke[t] = std::max(kb[t], std::min(ke[t], n_keys));
       const int64_t first = u0[t];
-      pack_query_tile<T>([&](int64_t c) { return q_row(first + c); }, nq[t], round_up(nq[t], kNR), D, qscale, st,
-                         ws + lay.qt + t * lay.qt_size);
+      pack_queries<T>([&](int64_t c) { return q_row(first + c); }, nq[t], round_up(nq[t], kNR), D, qscale, st,
+                      qt_of(t));
       std::fill(ws + lay.m + t * kBlockQ, ws + lay.m + (t + 1) * kBlockQ, -INFINITY);
       std::fill(ws + lay.l + t * kBlockQ, ws + lay.l + (t + 1) * kBlockQ, 0.0f);
       std::fill(ws + lay.o + t * lay.o_size, ws + lay.o + (t + 1) * lay.o_size, 0.0f);
     }
-    const auto attend = [&](int t, int64_t nk, const float* kt_at, const float* vt_at, auto mask_scores,
+    const auto attend = [&](int t, int64_t nk, const Tile* kt_at, const Tile* vt_at, auto mask_scores,
                             const ColumnRanges* ranges) {
-      attend_key_block(nq[t], nk, D, dv_pad, kt_at, vt_at, ws + lay.qt + t * lay.qt_size, st,
-                       ws + lay.o + t * lay.o_size, ws + lay.m + t * kBlockQ, ws + lay.l + t * kBlockQ, alpha,
-                       mask_scores, ranges, softcap2);
+      attend_key_block(nq[t], nk, D, dv_pad, kt_at, vt_at, qt_of(t), st, ws + lay.o + t * lay.o_size,
+                       ws + lay.m + t * kBlockQ, ws + lay.l + t * kBlockQ, alpha, mask_scores, ranges, softcap2,
+                       bf16 ? qscale : 1.0f, reinterpret_cast<uint32_t*>(ws + lay.pt));
     };
     ColumnRanges ranges;
 
@@ -553,10 +739,10 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
     };
     for (int64_t m = m_first; k_begin < k_end && m <= m_last; ++m) {
       const int64_t j0 = tile_begin(m), nk = tile_end(m) - j0;
-      float* kt = ws + lay.kcache + slot_of(m) * lay.k_tile;
-      float* vt = ws + lay.vcache + slot_of(m) * lay.v_tile;
+      Tile* kt = reinterpret_cast<Tile*>(ws + lay.kcache + slot_of(m) * lay.k_tile);
+      Tile* vt = reinterpret_cast<Tile*>(ws + lay.vcache + slot_of(m) * lay.v_tile);
       if (slot_tile[slot_of(m)] != m) {
-        pack_kv_tile<T>([&](int64_t j) { return k_rows.row(key_pos(j0 + j)); },
+        pack_keys_values<T>([&](int64_t j) { return k_rows.row(key_pos(j0 + j)); },
                         [&](int64_t j) { return v_rows.row(key_pos(j0 + j)); }, nk, D, Dv, dv_pad, kt, vt);
         slot_tile[slot_of(m)] = m;
       }
@@ -570,8 +756,10 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
           prefetch_row(v_rows.row(key_pos(next0 + j)), Dv * int64_t(sizeof(S)));
         }
         prefetch_next_group_slice();
-        const int64_t lo = std::max(j0, kb[t]), hi = std::min(j0 + nk, ke[t]);
+        int64_t lo = std::max(j0, kb[t]);
+        const int64_t hi = std::min(j0 + nk, ke[t]);
         if (lo >= hi) continue;
+        if (bf16) lo = j0 + ((lo - j0) & ~int64_t(1));  // V pairs start on an even tile row (the extra key is masked)
         // Key padding: a tile of padding only is skipped; one with some padding is masked row by row.
         int64_t n_real = hi - lo;
         if (p.key_padding_mask) {
@@ -586,7 +774,8 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
             ranges.lo[c] = int32_t(std::clamp<int64_t>(band.lo(u0[t] + c) - lo, 0, hi - lo));
             ranges.hi[c] = int32_t(std::clamp<int64_t>(band.hi(u0[t] + c) + 1 - lo, ranges.lo[c], hi - lo));
           }
-        attend(t, hi - lo, kt + (lo - j0) * D, vt + (lo - j0) * dv_pad, [&](float* s, int64_t nq_pad) {
+        attend(t, hi - lo, kt + (lo - j0) * k_row, vt + (lo - j0) / (bf16 ? 2 : 1) * dv_pad,
+               [&](float* s, int64_t nq_pad) {
           if (full) return;
           if (!band_full) {
             for (int64_t jj = 0; jj < hi - lo; ++jj) view_key[jj] = lo + jj;
@@ -602,11 +791,11 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
     // Global keys (Longformer): every query of a residue class also attends each global key, except one its
     // window already counted (or a padding key). Global query rows saw every key in the band above.
     if (!global_rows && n_global > 0) {
-      float* kt = ws + lay.kglobal;
-      float* vt = ws + lay.vglobal;
+      Tile* kt = reinterpret_cast<Tile*>(ws + lay.kglobal);
+      Tile* vt = reinterpret_cast<Tile*>(ws + lay.vglobal);
       for (int64_t j0 = 0; j0 < n_global; j0 += kBlockK) {
         const int64_t nk = std::min<int64_t>(kBlockK, n_global - j0);
-        pack_kv_tile<T>([&](int64_t j) { return k_rows.row(global_pos[j0 + j]); },
+        pack_keys_values<T>([&](int64_t j) { return k_rows.row(global_pos[j0 + j]); },
                         [&](int64_t j) { return v_rows.row(global_pos[j0 + j]); }, nk, D, Dv, dv_pad, kt, vt);
         for (int64_t j = 0; j < nk; ++j) {  // the key's view index in this residue class, or -1
           const int64_t pos = global_pos[j0 + j];

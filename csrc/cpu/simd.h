@@ -18,6 +18,8 @@
 #define LONGATTN_ISA_NAME scalar
 #elif defined(LONGATTN_ISA_AVX2)
 #define LONGATTN_ISA_NAME avx2
+#elif defined(LONGATTN_ISA_AVX512) && defined(LONGATTN_ISA_AVX512_BF16)
+#define LONGATTN_ISA_NAME avx512_bf16  // AVX-512 plus VDPBF16PS: the float32 engine, and bf16 tiles for bf16 inputs
 #elif defined(LONGATTN_ISA_AVX512)
 #define LONGATTN_ISA_NAME avx512
 #else

@@ -50,9 +50,9 @@ Device parse_device(const std::string& s) {
 }
 
 CpuIsa parse_isa(const std::string& s) {
-  for (CpuIsa c : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512})
+  for (CpuIsa c : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16})
     if (s == cpu_isa_name(c)) return c;
-  throw py::value_error("isa: got '" + s + "', expected scalar, avx2 or avx512");
+  throw py::value_error("isa: got '" + s + "', expected scalar, avx2, avx512 or avx512_bf16");
 }
 
 BshdStrides strides3(const std::array<int64_t, 3>& s) { return {s[0], s[1], s[2]}; }

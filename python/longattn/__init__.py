@@ -244,7 +244,7 @@ def capabilities() -> dict:
         "torch": torch.__version__,
         "cpu_isa_active": _C.cpu_isa(),
         "cpu_isa_best": _C.best_cpu_isa(),
-        "cpu_isa_compiled": [isa for isa in ("scalar", "avx2", "avx512") if _C.cpu_isa_supported(isa)],
+        "cpu_isa_compiled": [isa for isa in ("scalar", "avx2", "avx512", "avx512_bf16") if _C.cpu_isa_supported(isa)],
         "threads": _C.num_threads(),
         "threads_env": os.environ.get("LONGATTN_NUM_THREADS"),
         "cpu_isa_env": os.environ.get("LONGATTN_CPU_ISA"),

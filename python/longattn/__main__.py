@@ -11,6 +11,16 @@ import longattn
 from longattn._bench import attention_flops, host_line, sdpa_bshd, time_interleaved
 
 
+def cpu_dtype_paths(isa: str) -> list[str]:
+    """Which CPU engine each input dtype runs under the active ISA."""
+    if isa == "avx512_bf16":
+        return ["bfloat16: bfloat16 tiles on AVX512-BF16 (VDPBF16PS pair dot products, float32 accumulation and "
+                "softmax, P rounded to bfloat16)",
+                "float32, float16: the avx512 float32 FMA engine (float16 converted as tiles are packed)"]
+    return [f"float32, float16 and bfloat16 all run the {isa} float32 FMA engine (16-bit inputs are converted as "
+            "tiles are packed; float32 accumulation)"]
+
+
 def report() -> None:
     caps = longattn.capabilities()
     print("longattn capability report")
@@ -20,8 +30,8 @@ def report() -> None:
     print(f"  CPU kernels          {caps['cpu_isa_active']} active; compiled and usable here: "
           f"{', '.join(caps['cpu_isa_compiled'])}" + (f" (LONGATTN_CPU_ISA={isa_env!r})" if isa_env else ""))
     threads_env = caps["threads_env"]
-    print(f"  CPU dtype paths      float32, float16 and bfloat16 all run the {caps['cpu_isa_active']} float32 FMA "
-          "engine (16-bit inputs are converted as tiles are packed; float32 accumulation)")
+    for line in cpu_dtype_paths(caps["cpu_isa_active"]):
+        print(f"  CPU dtype paths      {line}")
     print(f"  CPU threads          {caps['threads']}" + (f" (LONGATTN_NUM_THREADS={threads_env!r})" if threads_env
                                                          else " (LONGATTN_NUM_THREADS unset: the usable cores)"))
     for problem in caps["environment_warnings"]:

@@ -124,6 +124,7 @@ const Case kCases[] = {
     {1, 200, 520, 1, 1, 128, 128, false},  {1, 64, 64, 1, 1, 256, 256, true},    {1, 100, 100, 2, 1, 7, 5, false},
     {1, 257, 257, 1, 1, 64, 64, false, 40, 3}, {1, 90, 150, 1, 1, 16, 16, false, 0, 0},
     {1, 300, 100, 1, 1, 16, 16, false, 5, -1},
+    {1, 400, 400, 6, 2, 64, 64, false, 20, 11},  // 3 query heads packed per kv head: band tiles start at odd keys
     // dilation: per head, Sq != Sk both ways, causal, larger than the sequence
     {1, 150, 150, 2, 1, 32, 32, false, 3, 3, {1, 3}},
     {2, 100, 170, 2, 2, 16, 16, false, 4, 2, {2, 5}},
@@ -154,7 +155,63 @@ TEST_P(AttentionVsReference, MatchesNaiveDouble) {
 
 INSTANTIATE_TEST_SUITE_P(Sweep, AttentionVsReference,
                          ::testing::Combine(::testing::ValuesIn(kCases),
-                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512)),
+                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512,
+                                                              CpuIsa::kAvx512Bf16)),
+                         [](const ::testing::TestParamInfo<std::tuple<Case, CpuIsa>>& info) {
+                           return std::string(cpu_isa_name(std::get<1>(info.param))) + "_" +
+                                  describe(std::get<0>(info.param)) + "_" + std::to_string(info.index);
+                         });
+
+// bfloat16 inputs on every ISA, against the naive double reference of the same (rounded) inputs. The float32
+// engines round only the output (<= 2^-9 relative); avx512_bf16's bfloat16 tiles also round P before P·V (<= 2^-9
+// relative per weight, so <= 2^-9 · Σ|p v| <= 2^-9 · max|v| ~ 8e-3 here); a wrong pairing of bfloat16 values
+// moves an output by O(1).
+uint16_t to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+float from_bf16(uint16_t h) {
+  const uint32_t x = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+class BFloat16VsReference : public ::testing::TestWithParam<std::tuple<Case, CpuIsa>> {};
+
+TEST_P(BFloat16VsReference, MatchesNaiveDouble) {
+  const Case& c = std::get<0>(GetParam());
+  IsaGuard guard(std::get<1>(GetParam()));
+  if (!guard.ok()) GTEST_SKIP() << cpu_isa_name(std::get<1>(GetParam())) << " is not available on this CPU";
+  Inputs in = random_inputs(c, 99);
+  std::vector<uint16_t> q16, k16, v16;
+  for (auto [t, bits] : {std::pair{&in.q, &q16}, std::pair{&in.k, &k16}, std::pair{&in.v, &v16}})
+    for (float& x : *t) {
+      bits->push_back(to_bf16(x));
+      x = from_bf16(bits->back());  // the reference sees the rounded inputs
+    }
+  std::vector<float> out32, lse;
+  AttentionParams p = make_params(c, in, &out32, &lse);
+  std::vector<uint16_t> out(out32.size(), 0x7fc0);  // NaN
+  p.dtype = DType::kBFloat16;
+  p.q = q16.data(), p.k = k16.data(), p.v = v16.data(), p.out = out.data();
+  ASSERT_TRUE(attention_forward(p).ok());
+  std::vector<double> ref_out, ref_lse;
+  p.dtype = DType::kFloat32;  // the reference reads the float copies
+  p.q = in.q.data(), p.k = in.k.data(), p.v = in.v.data();
+  testing::naive_attention(p, in.q, in.k, in.v, &ref_out, &ref_lse);
+  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(from_bf16(out[i]), ref_out[i], 1.5e-2) << "out element " << i;
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isinf(ref_lse[i])) ASSERT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "lse element " << i;
+    else ASSERT_NEAR(lse[i], ref_lse[i], 1e-4 * (1 + std::fabs(ref_lse[i]))) << "lse element " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sweep, BFloat16VsReference,
+                         ::testing::Combine(::testing::ValuesIn(kCases),
+                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512,
+                                                              CpuIsa::kAvx512Bf16)),
                          [](const ::testing::TestParamInfo<std::tuple<Case, CpuIsa>>& info) {
                            return std::string(cpu_isa_name(std::get<1>(info.param))) + "_" +
                                   describe(std::get<0>(info.param)) + "_" + std::to_string(info.index);

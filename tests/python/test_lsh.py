@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import longattn
-from longattn import reference
+from longattn import _C, reference
 
 from helpers import assert_matches_oracle
 
@@ -32,8 +32,11 @@ def check_against_oracle(qk, v, *, n_hashes, n_buckets, chunk_length, chunks_bef
     assert buckets.dtype == torch.int64 and buckets.shape == (qk.shape[0], H, n_hashes, qk.shape[1])
     check_buckets_are_argmax(qk, rotations, buckets, key_padding_mask)
     ref_out, ref_lse = reference.lsh_attention(qk, v, buckets, **kw)
-    pt_out, pt_lse = reference.lsh_attention(qk, v, buckets, compute_dtype=torch.float32, **kw)
-    if qk.dtype != torch.float32:  # PyTorch doing the same math with the inputs rounded to their dtype
+    # PyTorch doing the same math with the inputs rounded to their dtype (and, where bfloat16 runs bfloat16 tiles,
+    # the probabilities rounded to bfloat16 before they multiply v)
+    p_dtype = torch.bfloat16 if qk.dtype == torch.bfloat16 and _C.cpu_isa() == "avx512_bf16" else None
+    pt_out, pt_lse = reference.lsh_attention(qk, v, buckets, compute_dtype=torch.float32, p_dtype=p_dtype, **kw)
+    if qk.dtype != torch.float32:
         pt_out = pt_out.to(qk.dtype)
     assert_matches_oracle(out, ref_out, pt_out, "out")
     assert_matches_oracle(lse, ref_lse, pt_lse, "lse")
@@ -93,6 +96,16 @@ def test_sequence_within_one_chunk_is_plain_attention(S, chunk, causal):
                                              compute_dtype=torch.float32)
     assert_matches_oracle(out, ref_out, pt_out, "out")
     assert_matches_oracle(lse, ref_lse, pt_lse, "lse")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_on_every_cpu_path(cpu_isa, dtype):
+    # odd chunk length and head dims: bfloat16 tiles (avx512_bf16) pair an odd last key and dim with zeros
+    qk, v = inputs(2, 198, 2, 33, 17, dtype=dtype)
+    mask = torch.ones(2, 198, dtype=torch.bool)
+    mask[1, 150:] = False
+    check_against_oracle(qk, v, n_hashes=2, n_buckets=6, chunk_length=33, causal=True, key_padding_mask=mask)
+    check_against_oracle(qk, v, n_hashes=3, n_buckets=4, chunk_length=66, chunks_after=1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

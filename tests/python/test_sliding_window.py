@@ -41,6 +41,20 @@ def test_windows_against_oracle(cpu_isa, window, sq, sk):
     check_against_oracle(q, k, v, window=window)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("window", [(20, 11), (0, 0), (63, 0), (100, 7)])
+def test_16_bit_windows_dilation_and_global_tokens_on_every_cpu_path(cpu_isa, dtype, window):
+    # bfloat16 tiles (avx512_bf16) pair keys and head dims: odd dims, band edges at odd keys, residue classes and
+    # global keys all start tiles at odd offsets somewhere here
+    q, k, v = bshd(2, 301, 4, 33, dtype), bshd(2, 301, 2, 33, dtype), bshd(2, 301, 2, 17, dtype)
+    check_against_oracle(q, k, v, window=window)
+    check_against_oracle(q, k, v, window=(window[0], 0), causal=True, dilation=[1, 2, 3, 5])
+    q, k, v = (bshd(2, 257, 2, 65, dtype) for _ in range(3))
+    check_against_oracle(q, k, v, window=window, global_tokens=global_mask(2, 257, [[0, 3, 130], [256]]))
+    q, k, v = bshd(1, 400, 6, 64, dtype), bshd(1, 400, 2, 64, dtype), bshd(1, 400, 2, 64, dtype)
+    check_against_oracle(q, k, v, window=window)  # 3 query heads per kv head packed: tiles start at odd keys
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", [1, 7, 64, 80, 128, 256])
 def test_dtypes_and_head_dims(dtype, head_dim):

@@ -224,12 +224,14 @@ Status check_lsh_params(const LshAttentionParams& params);
 int64_t lsh_attention_workspace_bytes(const LshAttentionParams& params);
 
 // ---- CPU backend controls -------------------------------------------------------------------------------------
-enum class CpuIsa : int32_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// kAvx512Bf16: the AVX-512 engine, with bfloat16 inputs on VDPBF16PS tiles (P rounded to bfloat16 before P·V).
+enum class CpuIsa : int32_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 const char* cpu_isa_name(CpuIsa isa);
 bool cpu_isa_supported(CpuIsa isa);  // compiled in and supported by this CPU and OS
 CpuIsa best_cpu_isa();
-// The ISA the CPU kernels use. Default: best_cpu_isa(), or LONGATTN_CPU_ISA=scalar|avx2|avx512 at load time.
+// The ISA the CPU kernels use. Default: best_cpu_isa(), or LONGATTN_CPU_ISA=scalar|avx2|avx512|avx512_bf16 at load
+// time.
 CpuIsa active_cpu_isa();
 Status set_cpu_isa(CpuIsa isa);
 
