@@ -209,7 +209,8 @@ __global__ void __launch_bounds__(128) lsh_chunk_simt_kernel(const __grid_consta
       if (lane == 0) p.partial_ml[2 * prow] = m, p.partial_ml[2 * prow + 1] = l;
     } else {
       dst = static_cast<float*>(p.out) + int64_t(b) * p.o_batch + int64_t(q_pos) * p.o_seq + int64_t(h) * p.o_head;
-      if (lane == 0) p.lse[int64_t(b) * p.lse_batch + int64_t(h) * p.lse_head + q_pos] = 0.6931471805599453f * (m + log2f(l));
+      if (p.lse && lane == 0)
+        p.lse[int64_t(b) * p.lse_batch + int64_t(h) * p.lse_head + q_pos] = 0.6931471805599453f * (m + log2f(l));
     }
     for (int e = 0; e < 8; ++e) {
       const int d = lane + 32 * e;
@@ -238,7 +239,8 @@ __global__ void __launch_bounds__(128) lsh_combine_rounds_kernel(const __grid_co
     for (int r = 0; r < p.rounds; ++r) acc += weights[r] * p.partial_o[(r * rows + row) * p.head_dim_v + e];
     out[e] = Elem(acc / sum);
   }
-  if (threadIdx.x == 0) p.lse[int64_t(b) * p.lse_batch + int64_t(h) * p.lse_head + pos] = 0.6931471805599453f * (top + log2f(sum));
+  if (p.lse && threadIdx.x == 0)
+    p.lse[int64_t(b) * p.lse_batch + int64_t(h) * p.lse_head + pos] = 0.6931471805599453f * (top + log2f(sum));
 }
 
 // ---- host side ------------------------------------------------------------------------------------------------------

@@ -4,9 +4,11 @@
 //
 // Block = 4 warps, a tile of kBlockM = 64 sorted queries of one chunk (a chunk longer than 64 has several tiles);
 // its keys are the chunks c - before .. c + after (cyclic over all rounds' chunks), 64 sorted keys per tile.
-// Shared memory:
+// Shared memory, the dense kernel's, no more: its rows are padded by 8 elements (16 bytes) that neither cp.async nor
+// ldmatrix touches, and the rows' metadata lives there (so head dim 256 still fits sm86/sm89's 99 KiB per block):
 //   sQ (64, D + 8), sK (64, D + 8), sV (64, D + 8)                             [Elem]   (dynamic)
-//   q_pos (64), k_pos (64): original positions (-1: no row);  k_scale (64): key norm · log2 e;  k_pad (64)
+//   sQ row padding: the query's original position (int32; -1: no row)
+//   sK row padding: the key's original position (int32; -1: no row), its norm · log2 e (float), padding (int32)
 #pragma once
 
 #include "flash_fwd.cuh"
@@ -24,10 +26,12 @@ __global__ void __launch_bounds__(kThreads) lsh_chunk_fwd_kernel(const __grid_co
   Elem* sQ = reinterpret_cast<Elem*>(smem_raw);  // (64, kRow)
   Elem* sK = sQ + kBlockM * kRow;                 // (64, kRow)
   Elem* sV = sK + kBlockN * kRow;                 // (64, kRow)
-  LONGATTN_SHARED(int[kBlockM], q_pos);
-  LONGATTN_SHARED(int[kBlockN], k_pos);
-  LONGATTN_SHARED(float[kBlockN], k_scale);
-  LONGATTN_SHARED(int[kBlockN], k_pad);
+  // the metadata in the row padding: 4-byte words at element D of each row (a 16-byte aligned address)
+  const auto meta = [](Elem* tile, int row) { return reinterpret_cast<int32_t*>(tile + row * kRow + D); };
+  const auto q_pos = [&](int row) -> int32_t& { return meta(sQ, row)[0]; };
+  const auto k_pos = [&](int row) -> int32_t& { return meta(sK, row)[0]; };
+  const auto k_scale = [&](int row) -> float& { return reinterpret_cast<float*>(meta(sK, row))[1]; };
+  const auto k_pad = [&](int row) -> int32_t& { return meta(sK, row)[2]; };
 
   const int b = blockIdx.y / p.heads, h = blockIdx.y % p.heads;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -42,10 +46,10 @@ __global__ void __launch_bounds__(kThreads) lsh_chunk_fwd_kernel(const __grid_co
     const int64_t chunk = tile / sub_tiles;
     const int q0 = int(tile % sub_tiles) * kBlockM, nq = min(kBlockM, p.chunk - q0);
     __syncthreads();  // the previous tile's reads of sQ and q_pos are done
-    if (tid < kBlockM) q_pos[tid] = tid < nq ? lsh_sorted_pos(p, b, h, chunk * p.chunk + q0 + tid) : -1;
+    if (tid < kBlockM) q_pos(tid) = tid < nq ? lsh_sorted_pos(p, b, h, chunk * p.chunk + q0 + tid) : -1;
     __syncthreads();
     load_tile_async<Elem, D>(sQ, qk, [&](int row) -> int64_t {
-      return q_pos[row] < 0 ? -1 : int64_t(q_pos[row]) * p.qk_seq;
+      return q_pos(row) < 0 ? -1 : int64_t(q_pos(row)) * p.qk_seq;
     }, tid);
     ptx::cp_async_commit();
 
@@ -53,7 +57,7 @@ __global__ void __launch_bounds__(kThreads) lsh_chunk_fwd_kernel(const __grid_co
 #pragma unroll
     for (int i = 0; i < kDTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
-    const int qr[2] = {q_pos[warp * 16 + g], q_pos[warp * 16 + g + 8]};  // this thread's rows' positions
+    const int qr[2] = {q_pos(warp * 16 + g), q_pos(warp * 16 + g + 8)};  // this thread's rows' positions
 
     for (int u = -p.before; u <= p.after; ++u) {
       const int64_t first = lsh_chunk_start(p, chunk + u);
@@ -62,19 +66,19 @@ __global__ void __launch_bounds__(kThreads) lsh_chunk_fwd_kernel(const __grid_co
         // (the previous key tile ended with a barrier: its reads of the key rows' metadata are done)
         if (tid < kBlockN) {
           const int pos = tid < nk ? lsh_sorted_pos(p, b, h, first + k0 + tid) : -1;
-          k_pos[tid] = pos;
-          k_scale[tid] = pos < 0 ? 0.0f : key_scale[pos] * 1.4426950408889634f;
-          k_pad[tid] = pos >= 0 && lsh_is_padding(p, b, pos);
+          k_pos(tid) = pos;
+          k_scale(tid) = pos < 0 ? 0.0f : key_scale[pos] * 1.4426950408889634f;
+          k_pad(tid) = pos >= 0 && lsh_is_padding(p, b, pos);
         }
         __syncthreads();
         load_tile_async<Elem, D>(sK, qk, [&](int row) -> int64_t {
-          return k_pos[row] < 0 ? -1 : int64_t(k_pos[row]) * p.qk_seq;
+          return k_pos(row) < 0 ? -1 : int64_t(k_pos(row)) * p.qk_seq;
         }, tid);
         ptx::cp_async_commit();
         ptx::cp_async_wait_group<0>();
         __syncthreads();
         load_tile_async<Elem, D>(sV, vh, [&](int row) -> int64_t {  // overlaps with S = Q·Kᵀ and the softmax
-          return k_pos[row] < 0 ? -1 : int64_t(k_pos[row]) * p.v_seq;
+          return k_pos(row) < 0 ? -1 : int64_t(k_pos(row)) * p.v_seq;
         }, tid);
         ptx::cp_async_commit();
 
@@ -86,8 +90,8 @@ __global__ void __launch_bounds__(kThreads) lsh_chunk_fwd_kernel(const __grid_co
         for (int n = 0; n < 8; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int col = n * 8 + tig * 2 + (e % 2), kp = k_pos[col];
-            s[n][e] = kp < 0 ? -INFINITY : lsh_score(s[n][e], k_scale[col], qr[e / 2], kp, k_pad[col] != 0, p.causal);
+            const int col = n * 8 + tig * 2 + (e % 2), kp = k_pos(col);
+            s[n][e] = kp < 0 ? -INFINITY : lsh_score(s[n][e], k_scale(col), qr[e / 2], kp, k_pad(col) != 0, p.causal);
           }
         online_softmax_update<kDTiles>(s, m_row, l_row, o);
         ptx::cp_async_wait_group<0>();
@@ -121,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) lsh_chunk_fwd_kernel(const __grid_co
       Elem* row = static_cast<Elem*>(p.out) + int64_t(b) * p.o_batch + int64_t(pos) * p.o_seq + int64_t(h) * p.o_head;
 #pragma unroll
       for (int n = 0; n < kDTiles; ++n) MmaAtom<Elem>::store2(row + n * 8 + tig * 2, o[n][2 * rr] * inv, o[n][2 * rr + 1] * inv);
-      if (tig == 0)
+      if (p.lse && tig == 0)
         p.lse[int64_t(b) * p.lse_batch + int64_t(h) * p.lse_head + pos] =
             0.6931471805599453f * (m_row[rr] + log2f(l_row[rr]));
     }

@@ -12,7 +12,7 @@ import longattn
 from longattn import reference, testing
 
 from helpers import assert_matches_oracle
-from test_cuda import EMULATOR, GPU, gpu_only
+from test_cuda import EMULATOR, GPU, emulator_only, gpu_only
 
 pytestmark = pytest.mark.skipif(not (GPU or EMULATOR), reason="needs a CUDA GPU (compute capability >= 8.0 with a "
                                                               "CUDA build of longattn) or a build with the emulator")
@@ -200,6 +200,15 @@ def test_unsupported_head_dims_are_refused_with_the_supported_list(dev):
     # float32 on CUDA cores: any head dim up to 256
     qk, v = inputs(1, 64, 1, 24, 40)
     check(dev, qk, v, n_hashes=2, n_buckets=4, chunk_length=16)
+
+
+@emulator_only
+@pytest.mark.parametrize("cc", [86, 89])
+def test_head_dim_256_fits_an_sm86_block(cc):
+    # 3 x 64 x 264 x 2 bytes of tiles is the sm86 / sm89 opt-in maximum: the rows' metadata must live in the padding
+    qk, v = inputs(1, 128, 1, 256, dtype=torch.bfloat16)
+    with testing.cuda_emulator(compute_capability=cc):
+        check(torch.device("cpu"), qk, v, n_hashes=2, n_buckets=4, chunk_length=64)
 
 
 @gpu_only
