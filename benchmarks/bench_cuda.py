@@ -19,24 +19,9 @@ from pathlib import Path
 import torch
 
 import longattn
-from longattn._bench import attention_flops
+from longattn._bench import attention_flops, cuda_time
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cuda_time(fn, reps: int = 20, warmup: int = 3) -> float:
-    """Median seconds per call, measured with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def sdpa(backend):

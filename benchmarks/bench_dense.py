@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 import longattn
-from longattn._bench import attention_flops, host_line, naive_bshd, run_memory_probe, sdpa_bshd, time_interleaved
+from longattn._bench import (attention_flops, cpu_dtype_paths, host_line, naive_bshd, run_memory_probe, sdpa_bshd,
+                             time_interleaved)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -153,7 +154,6 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     seqlens = [1024, 4096] if args.quick else [512, 1024, 2048, 4096, 8192]
     caps = longattn.capabilities()
-    from longattn.__main__ import cpu_dtype_paths
     print(host_line())
     for line in cpu_dtype_paths(caps["cpu_isa_active"]):
         print(f"CPU path: {line}")

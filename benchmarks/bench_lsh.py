@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 import longattn
-from longattn._bench import (add_scaling_columns, first_line, fmt, host_line, plot_time_vs_seqlen,
+from longattn._bench import (add_scaling_columns, cuda_time, first_line, fmt, host_line, plot_time_vs_seqlen,
                              run_memory_probe, time_interleaved)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -421,21 +421,8 @@ def main() -> None:
 def cuda_section(args) -> None:
     """longattn's CUDA LSH kernels vs Hugging Face LSHSelfAttention on the same GPU, with HF's own (factorized) bucket
     choice at every S: float16 / bfloat16 / float32 for longattn, float32 for HF (its float16 path changes the mask
-    constants), HF timed on the hidden states minus its two projections as on the CPU. CUDA events, median of 10.
+    constants), HF timed on the hidden states minus its two projections as on the CPU. CUDA events, median of 20.
     Writes results/lsh_cuda.json."""
-    def cuda_time(fn, reps=10):
-        fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        return sorted(times)[len(times) // 2]
-
     seqlens = args.seqlens or ([4096, 16384] if args.quick else [4096, 8192, 16384, 32768, 65536, 131072])
     print(f"CUDA: {torch.cuda.get_device_name()}; B{B} H{H} D{D}, n_hashes={N_HASHES}, chunk_length={CHUNK}, "
           "HF's bucket choice")
@@ -453,12 +440,12 @@ def cuda_section(args) -> None:
             for name, dt in (("float16", torch.float16), ("bfloat16", torch.bfloat16), ("float32", torch.float32)):
                 qk, v = qk32.to(dt), v32.to(dt)
                 rot = longattn.lsh_rotations(H, D, N_HASHES, nb, seed=SEED, device="cuda")
-                row[f"longattn_{name}_ms"] = cuda_time(lambda: longattn.lsh_attention(
+                row[f"longattn_{name}_ms"] = 1e3 * cuda_time(lambda: longattn.lsh_attention(
                     qk, v, n_hashes=N_HASHES, n_buckets=nb, chunk_length=CHUNK, chunks_before=BEFORE,
                     chunks_after=AFTER, rotations=rot))
             if S <= args.cuda_hf_max_s:
-                total = cuda_time(lambda: layer(hidden))
-                proj = cuda_time(lambda: (layer.query_key(hidden), layer.value(hidden)))
+                total = 1e3 * cuda_time(lambda: layer(hidden))
+                proj = 1e3 * cuda_time(lambda: (layer.query_key(hidden), layer.value(hidden)))
                 row["hf_float32_ms"] = total - proj
                 row["vs_hf_float32"] = row["hf_float32_ms"] / row["longattn_float32_ms"]
                 row["vs_hf_bfloat16"] = row["hf_float32_ms"] / row["longattn_bfloat16_ms"]

@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(128) lsh_chunk_simt_kernel(const __grid_consta
           const int d = lane + 32 * e;
           if (d < p.head_dim) dot += qr[e] * k[d];
         }
-        const float s = lsh_score(warp_sum(dot), key_scale[k_pos] * 1.4426950408889634f, q_pos, k_pos,
+        const float s = lsh_score(warp_sum(dot), key_scale[k_pos] * kLog2e, q_pos, k_pos,
                                   lsh_is_padding(p, b, k_pos), p.causal);
         const float m_new = fmaxf(m, s);  // finite: every score is
         const float alpha = exp2f(m - m_new), w = exp2f(s - m_new);

@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kThreads) lsh_chunk_fwd_kernel(const __grid_co
         if (tid < kBlockN) {
           const int pos = tid < nk ? lsh_sorted_pos(p, b, h, first + k0 + tid) : -1;
           k_pos(tid) = pos;
-          k_scale(tid) = pos < 0 ? 0.0f : key_scale[pos] * 1.4426950408889634f;
+          k_scale(tid) = pos < 0 ? 0.0f : key_scale[pos] * kLog2e;
           k_pad(tid) = pos >= 0 && lsh_is_padding(p, b, pos);
         }
         __syncthreads();

@@ -16,6 +16,7 @@
 namespace longattn::LONGATTN_CUDA_NS {
 
 constexpr int kLshMaxFactors = 16;
+constexpr float kLog2e = 1.4426950408889634f;  // scores are kept in log2 units
 constexpr int kSortWarps = 8;  // warps of one sort block; each owns a contiguous segment of the round's tokens
 
 struct LshFwdParams {
@@ -79,7 +80,6 @@ __device__ __forceinline__ int64_t lsh_chunk_start(const LshFwdParams& p, int64_
 // position. The constants are float32 products as on the CPU.
 __device__ __forceinline__ float lsh_score(float dot, float key_scale_log2, int q_pos, int k_pos, bool k_padding,
                                            bool causal) {
-  constexpr float kLog2e = 1.4426950408889634f;
   float s = dot * key_scale_log2;
   if (k_padding || (causal && k_pos > q_pos)) s = -1e9f * kLog2e;
   if (k_pos == q_pos) s = -1e5f * kLog2e;

@@ -8,17 +8,7 @@ import argparse
 import torch
 
 import longattn
-from longattn._bench import attention_flops, host_line, sdpa_bshd, time_interleaved
-
-
-def cpu_dtype_paths(isa: str) -> list[str]:
-    """Which CPU engine each input dtype runs under the active ISA."""
-    if isa == "avx512_bf16":
-        return ["bfloat16: bfloat16 tiles on AVX512-BF16 (VDPBF16PS pair dot products, float32 accumulation and "
-                "softmax, P rounded to bfloat16)",
-                "float32, float16: the avx512 float32 FMA engine (float16 converted as tiles are packed)"]
-    return [f"float32, float16 and bfloat16 all run the {isa} float32 FMA engine (16-bit inputs are converted as "
-            "tiles are packed; float32 accumulation)"]
+from longattn._bench import attention_flops, cpu_dtype_paths, host_line, sdpa_bshd, time_interleaved
 
 
 def report() -> None:

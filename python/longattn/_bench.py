@@ -63,6 +63,31 @@ def naive_bshd(q, k, v, causal: bool):
     return (scores.softmax(-1) @ vh).transpose(1, 2)
 
 
+def cuda_time(fn, reps: int = 20, warmup: int = 3) -> float:
+    """Median seconds per call on the current CUDA device, measured with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def cpu_dtype_paths(isa: str) -> list[str]:
+    """Which CPU engine each input dtype runs under the active ISA (for reports and benchmark tables)."""
+    if isa == "avx512_bf16":
+        return ["bfloat16: bfloat16 tiles on AVX512-BF16 (VDPBF16PS pair dot products, float32 accumulation and "
+                "softmax, P rounded to bfloat16)",
+                "float32, float16: the avx512 float32 FMA engine (float16 converted as tiles are packed)"]
+    return [f"float32, float16 and bfloat16 all run the {isa} float32 FMA engine (16-bit inputs are converted as "
+            "tiles are packed; float32 accumulation)"]
+
+
 def host_line() -> str:
     """The host this run measured: CPU model, usable cores and the vector / matrix features that decide which kernel
     paths run (printed with every benchmark table: the CPU differs from machine to machine)."""

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <ostream>
 #include <vector>
@@ -17,6 +18,20 @@ inline void PrintTo(CpuIsa isa, std::ostream* os) { *os << cpu_isa_name(isa); }
 }  // namespace longattn
 
 namespace longattn::testing {
+
+// bfloat16 bits from a float (round to nearest even; no NaN inputs) and back.
+inline uint16_t to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+inline float from_bf16(uint16_t h) {
+  const uint32_t x = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
 
 // Contiguous BSHD float inputs; writes out (B, Sq, Hq, Dv) and lse (B, Hq, Sq).
 inline void naive_attention(const AttentionParams& p, const std::vector<float>& q, const std::vector<float>& k,

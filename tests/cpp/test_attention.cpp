@@ -166,17 +166,6 @@ INSTANTIATE_TEST_SUITE_P(Sweep, AttentionVsReference,
 // engines round only the output (<= 2^-9 relative); avx512_bf16's bfloat16 tiles also round P before P·V (<= 2^-9
 // relative per weight, so <= 2^-9 · Σ|p v| <= 2^-9 · max|v| ~ 8e-3 here); a wrong pairing of bfloat16 values
 // moves an output by O(1).
-uint16_t to_bf16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-float from_bf16(uint16_t h) {
-  const uint32_t x = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
 
 class BFloat16VsReference : public ::testing::TestWithParam<std::tuple<Case, CpuIsa>> {};
 
@@ -188,8 +177,8 @@ TEST_P(BFloat16VsReference, MatchesNaiveDouble) {
   std::vector<uint16_t> q16, k16, v16;
   for (auto [t, bits] : {std::pair{&in.q, &q16}, std::pair{&in.k, &k16}, std::pair{&in.v, &v16}})
     for (float& x : *t) {
-      bits->push_back(to_bf16(x));
-      x = from_bf16(bits->back());  // the reference sees the rounded inputs
+      bits->push_back(testing::to_bf16(x));
+      x = testing::from_bf16(bits->back());  // the reference sees the rounded inputs
     }
   std::vector<float> out32, lse;
   AttentionParams p = make_params(c, in, &out32, &lse);
@@ -201,7 +190,7 @@ TEST_P(BFloat16VsReference, MatchesNaiveDouble) {
   p.dtype = DType::kFloat32;  // the reference reads the float copies
   p.q = in.q.data(), p.k = in.k.data(), p.v = in.v.data();
   testing::naive_attention(p, in.q, in.k, in.v, &ref_out, &ref_lse);
-  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(from_bf16(out[i]), ref_out[i], 1.5e-2) << "out element " << i;
+  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(testing::from_bf16(out[i]), ref_out[i], 1.5e-2) << "out element " << i;
   for (size_t i = 0; i < lse.size(); ++i) {
     if (std::isinf(ref_lse[i])) ASSERT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "lse element " << i;
     else ASSERT_NEAR(lse[i], ref_lse[i], 1e-4 * (1 + std::fabs(ref_lse[i]))) << "lse element " << i;

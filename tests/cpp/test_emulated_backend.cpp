@@ -38,17 +38,6 @@ float from_f16(uint16_t h) {
   std::memcpy(&f, &bits, 4);
   return f;
 }
-uint16_t to_bf16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-float from_bf16(uint16_t h) {
-  const uint32_t x = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
 
 struct Case {
   int64_t batch, seqlen_q, seqlen_k, heads_q, heads_k, head_dim;
@@ -69,7 +58,7 @@ void run_case(const Case& c, DType dtype) {
     for (size_t i = 0; i < pair->size(); ++i) {
       float x = dist(rng);
       if (dtype == DType::kFloat16) bits[i] = to_f16(x), x = from_f16(bits[i]);
-      if (dtype == DType::kBFloat16) bits[i] = to_bf16(x), x = from_bf16(bits[i]);
+      if (dtype == DType::kBFloat16) bits[i] = testing::to_bf16(x), x = testing::from_bf16(bits[i]);
       (*pair)[i] = x;
     }
   }
@@ -118,7 +107,7 @@ void run_case(const Case& c, DType dtype) {
   // dtype's epsilon on each weight, at most |v| ~ 4 here.
   const double tol = f32 ? 2e-5 : dtype == DType::kFloat16 ? 6e-3 : 5e-2;
   for (int64_t i = 0; i < no; ++i) {
-    const double got = f32 ? out32[i] : dtype == DType::kFloat16 ? from_f16(out16[i]) : from_bf16(out16[i]);
+    const double got = f32 ? out32[i] : dtype == DType::kFloat16 ? from_f16(out16[i]) : testing::from_bf16(out16[i]);
     ASSERT_NEAR(got, want[i], tol) << "out element " << i;
   }
   for (size_t i = 0; i < lse.size(); ++i) {
@@ -178,7 +167,7 @@ TEST(EmulatedBackend, PagedKvCacheDecodeMatchesTheCpuBackend) {
   std::vector<uint16_t> cache_k(n_blocks * page * Hk * D), cache_v(cache_k.size()), q(B * Hq * D), kn(B * Hk * D),
       vn(B * Hk * D);
   for (auto* t : {&cache_k, &cache_v, &q, &kn, &vn})
-    for (auto& x : *t) x = to_bf16(dist(rng));
+    for (auto& x : *t) x = testing::to_bf16(dist(rng));
   std::vector<int32_t> table(B * max_blocks);
   for (int64_t i = 0; i < B * max_blocks; ++i) table[i] = int32_t((i * 7 + 3) % n_blocks);  // shuffled, distinct
   std::vector<int32_t> lens = {5, 100};
@@ -214,7 +203,7 @@ TEST(EmulatedBackend, PagedKvCacheDecodeMatchesTheCpuBackend) {
   for (int splits : {1, 3}) {
     run(Device::kCudaEmulator, splits, cache_k, cache_v, &out_emu, &lse_emu, &k_emu);
     EXPECT_EQ(k_emu, k_cpu) << "the appended rows";
-    for (size_t i = 0; i < out_cpu.size(); ++i) ASSERT_NEAR(from_bf16(out_emu[i]), from_bf16(out_cpu[i]), 3e-2) << i;
+    for (size_t i = 0; i < out_cpu.size(); ++i) ASSERT_NEAR(testing::from_bf16(out_emu[i]), testing::from_bf16(out_cpu[i]), 3e-2) << i;
     for (size_t i = 0; i < lse_cpu.size(); ++i) ASSERT_NEAR(lse_emu[i], lse_cpu[i], 1e-3) << i;
   }
 }
@@ -258,7 +247,7 @@ TEST(EmulatedBackend, LshAttentionMatchesTheCpuBackend) {
         float x = dist(rng);
         uint16_t& bits = (t == &qk ? qk16 : v16)[i];
         if (c.dtype == DType::kFloat16) bits = to_f16(x);
-        if (c.dtype == DType::kBFloat16) bits = to_bf16(x);
+        if (c.dtype == DType::kBFloat16) bits = testing::to_bf16(x);
         (*t)[i] = x;
       }
     for (auto& x : rot) x = dist(rng);
@@ -310,7 +299,7 @@ TEST(EmulatedBackend, LshAttentionMatchesTheCpuBackend) {
     run(Device::kCudaEmulator, &out_emu, &o16_emu, &lse_emu, &b_emu);
     EXPECT_EQ(b_emu, b_cpu) << "buckets, S = " << S;
     const auto value = [&](const std::vector<float>& o32, const std::vector<uint16_t>& o16, size_t i) -> double {
-      return f32 ? o32[i] : c.dtype == DType::kFloat16 ? from_f16(o16[i]) : from_bf16(o16[i]);
+      return f32 ? o32[i] : c.dtype == DType::kFloat16 ? from_f16(o16[i]) : testing::from_bf16(o16[i]);
     };
     const double tol = f32 ? 2e-5 : c.dtype == DType::kFloat16 ? 6e-3 : 4e-2;
     for (size_t i = 0; i < qk.size(); ++i)

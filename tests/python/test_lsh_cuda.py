@@ -12,23 +12,12 @@ import longattn
 from longattn import reference, testing
 
 from helpers import assert_matches_oracle
-from test_cuda import EMULATOR, GPU, emulator_only, gpu_only
+from test_cuda import EMULATOR, GPU, dev, emulator_only, gpu_only  # noqa: F401 (the dev fixture)
 
 pytestmark = pytest.mark.skipif(not (GPU or EMULATOR), reason="needs a CUDA GPU (compute capability >= 8.0 with a "
                                                               "CUDA build of longattn) or a build with the emulator")
 
 TC_DTYPES = [torch.float16, torch.bfloat16]
-
-
-@pytest.fixture
-def dev():
-    """The device the CUDA backend serves: 'cuda', or 'cpu' inside the emulator."""
-    if GPU:
-        with testing.poisoned_outputs():
-            yield torch.device("cuda")
-    else:
-        with testing.cuda_emulator():
-            yield torch.device("cpu")
 
 
 def inputs(B, S, H, D, Dv=None, dtype=torch.float32):
@@ -197,6 +186,11 @@ def test_unsupported_head_dims_are_refused_with_the_supported_list(dev):
     qk = torch.randn(1, 64, 2, 64).to(torch.float16).to(dev)
     with pytest.raises(ValueError, match=r"head_dim: got head_dim=64, head_dim_v=32"):
         longattn.lsh_attention(qk, v, n_hashes=1, n_buckets=2, chunk_length=32)
+    # more buckets than the CUDA sort's counts hold (given buckets: nothing to draw)
+    qk = torch.randn(1, 64, 1, 32).to(torch.float16).to(dev)
+    buckets = torch.zeros(1, 1, 1, 64, dtype=torch.int64, device=dev)
+    with pytest.raises(ValueError, match=r"n_buckets: got 2097152; lsh_attention on CUDA supports .*up to 2\^20 buckets"):
+        longattn.lsh_attention(qk, qk, n_hashes=1, n_buckets=1 << 21, chunk_length=32, buckets=buckets)
     # float32 on CUDA cores: any head dim up to 256
     qk, v = inputs(1, 64, 1, 24, 40)
     check(dev, qk, v, n_hashes=2, n_buckets=4, chunk_length=16)
