@@ -1,5 +1,6 @@
-"""Mutation check of the CUDA test suite: inject realistic kernel/dispatch bugs one at a time into a copy of the tree,
-rebuild it for the CUDA emulator, run the emulated CUDA tests, and report which bugs the suite catches.
+"""Mutation check of the CUDA and AMX test suites: inject realistic kernel/dispatch bugs one at a time into a copy of
+the tree, rebuild it (CUDA for the emulator; the CPU engine's AMX path runs on the amx_model build), run the tests
+of that path, and report which bugs the suite catches.
 
     python scripts/mutation_check.py [--only NAME ...] [--keep DIR]
 
@@ -101,7 +102,38 @@ MUTANTS = [
      "lsh_partial_row(p, r, b, h, pos)", "lsh_partial_row(p, 0, b, h, pos)"),
     ("unpadded shared rows (bank conflicts only: no behaviour change)", "csrc/cuda/flash_fwd.cuh",
      "constexpr int smem_row() { return D + 8; }", "constexpr int smem_row() { return D; }"),
+    # The CPU engine's AMX path (csrc/cpu), tested on the amx_model build (C++ *amx_model* cases, test_amx.py).
+    ("AMX: V pair halves swapped", "csrc/cpu/engine.h",
+     "vt[e * vt_row + j2] = uint32_t(r0[e]) | uint32_t(r1 ? r1[e] : 0) << 16;",
+     "vt[e * vt_row + j2] = uint32_t(r1 ? r1[e] : 0) | uint32_t(r0[e]) << 16;"),
+    ("AMX: P pair rows past the keys not zeroed", "csrc/cpu/engine.h",
+     "  for (int64_t j2 = n2; j2 < k2; ++j2) std::fill(pt + j2 * kBlockQ, pt + j2 * kBlockQ + nq_pad, 0u);\n", ""),
+    ("AMX: O not rescaled by alpha", "csrc/cpu/engine.h",
+     "Vec::store(o + e * kBlockQ + c, Vec::mul(Vec::load(o + e * kBlockQ + c), Vec::load(alpha + c)));",
+     "(void)0;"),
+    ("AMX: band-edge block skip reads the first column's range", "csrc/cpu/engine.h",
+     "return j <= c_last && i < ranges->hi[c_last] && i + rows > ranges->lo[j];",
+     "return j <= c_last && i < ranges->hi[j] && i + rows > ranges->lo[j];"),
+    ("AMX: second B tile one pair-column off", "csrc/cpu/engine.h",
+     "if constexpr (NB == 2) load<kB1>(b + kk * ldb + 16, sb);", "if constexpr (NB == 2) load<kB1>(b + kk * ldb + 15, sb);"),
+    ("AMX: O accumulator read without its transpose", "csrc/cpu/engine.h",
+     "        transpose_o(o, nq[t], dv_pad, ws + lay.ot);\n        o = ws + lay.ot;\n", ""),
+    ("AMX: LSH slot Vᵀ rows strided like an engine tile", "csrc/cpu/lsh_engine.h",
+     "                             amx_vt_row(L));", "                             amx_vt_row(kBlockK));"),
+    ("AMX: odd tile offset not moved back to a key pair", "csrc/cpu/engine.h",
+     "if (pairs) lo = j0 + ((lo - j0) & ~int64_t(1));", "if (!kAmxTiles<T> && pairs) lo = j0 + ((lo - j0) & ~int64_t(1));"),
 ]
+
+# The tests each kind of mutant is run against: (GoogleTest filter, pytest files).
+SUITES = {
+    "cuda": ("Emulat*", ["tests/python/test_cuda.py", "tests/python/test_cuda_serving.py",
+                         "tests/python/test_lsh_cuda.py", "tests/python/test_emulator_layouts.py"]),
+    "amx": ("*amx_model*", ["tests/python/test_amx.py"]),
+}
+
+
+def suite_of(path: str) -> str:
+    return "amx" if path.startswith("csrc/cpu/") else "cuda"
 
 
 def run(cmd, cwd, env=None, timeout=1800):
@@ -151,32 +183,32 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "python"), sysconfig.get_paths()["purelib"]]))
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
 
-    def build_and_test():
+    def build_and_test(suites):
         rc, out, _ = run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)], cwd=work)
         if rc:
             return "build failed", out
         shutil.copy2(build / f"_C{suffix}", tree / "python" / "longattn" / f"_C{suffix}")
-        rc, out, _ = run([str(build / "longattn_tests"), "--gtest_filter=Emulat*", "--gtest_brief=1"], cwd=build)
-        if rc:
-            return "C++: " + first_failure(out), out
-        rc, out, _ = run([sys.executable, "-S", "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                          str(tree / "tests/python/test_cuda.py"), str(tree / "tests/python/test_cuda_serving.py"),
-                          str(tree / "tests/python/test_lsh_cuda.py"),
-                          str(tree / "tests/python/test_emulator_layouts.py")],
-                         cwd=tree, env=env)
-        if rc:
-            return "pytest: " + first_failure(out).replace(str(tree) + "/", ""), out
+        for suite in suites:
+            gtest_filter, pytest_files = SUITES[suite]
+            rc, out, _ = run([str(build / "longattn_tests"), f"--gtest_filter={gtest_filter}", "--gtest_brief=1"],
+                             cwd=build)
+            if rc:
+                return "C++: " + first_failure(out), out
+            rc, out, _ = run([sys.executable, "-S", "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                              *[str(tree / f) for f in pytest_files]], cwd=tree, env=env)
+            if rc:
+                return "pytest: " + first_failure(out).replace(str(tree) + "/", ""), out
         return None, out
 
-    print("baseline (no mutant) ...", flush=True)
-    failure, out = build_and_test()
+    selected = [m for m in MUTANTS if not args.only or any(o in m[0] for o in args.only)]
+    suites = sorted({suite_of(path) for _, path, _, _ in selected})
+    print(f"baseline (no mutant; suites {', '.join(suites)}) ...", flush=True)
+    failure, out = build_and_test(suites)
     if failure:
         print(f"the unmutated tree fails: {failure}\n{out[-3000:]}")
         return 1
     rows = []
-    for name, path, old, new in MUTANTS:
-        if args.only and not any(o in name for o in args.only):
-            continue
+    for name, path, old, new in selected:
         src = tree / path
         text = src.read_text()
         if text.count(old) != 1:
@@ -184,7 +216,7 @@ def main() -> int:
             continue
         src.write_text(text.replace(old, new))
         t = time.time()
-        failure, _ = build_and_test()
+        failure, _ = build_and_test([suite_of(path)])
         src.write_text(text)
         rows.append((name, path, "caught" if failure else "missed", failure or "", ))
         print(f"{name}: {rows[-1][2]} {failure or ''} ({time.time() - t:.0f} s)", flush=True)

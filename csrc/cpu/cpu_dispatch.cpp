@@ -6,15 +6,59 @@
 #include <string>
 #include <vector>
 
+#if defined(LONGATTN_HAVE_AMX) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "cpu_backend.h"
 #include "kernels.h"
 #include "thread_pool.h"
 
 namespace longattn {
 namespace cpu {
+
+#if defined(LONGATTN_HAVE_AMX) && defined(__linux__)
+namespace {
+struct AmxSupport {
+  bool tiles = false, fp16 = false;  // usable AMX-TILE + AMX-BF16 (permission granted); AMX-FP16 as well
+};
+// CPUID leaf 7 (AMX-TILE, AMX-BF16; AMX-FP16 in sub-leaf 1), the tile state enabled in XCR0, and Linux's
+// permission for it: the tile data is an extended state a process must request (ARCH_REQ_XCOMP_PERM) before its
+// first tile instruction, or that instruction faults. Asked once; refused (old kernel, seccomp) means no AMX.
+AmxSupport probe_amx() {
+  AmxSupport s;
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return s;
+  const bool amx_bf16 = (d >> 22) & 1, amx_tile = (d >> 24) & 1, osxsave = [] {
+    unsigned a1, b1, c1, d1;
+    return __get_cpuid(1, &a1, &b1, &c1, &d1) && ((c1 >> 27) & 1);
+  }();
+  if (!amx_bf16 || !amx_tile || !osxsave) return s;
+  unsigned xcr0_lo, xcr0_hi;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  if ((xcr0_lo & (3u << 17)) != (3u << 17)) return s;  // XTILECFG and XTILEDATA
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return s;
+  s.tiles = true;
+  s.fp16 = __get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 21) & 1);
+  return s;
+}
+const AmxSupport& amx_support() {
+  static const AmxSupport s = probe_amx();
+  return s;
+}
+}  // namespace
+bool cpu_has_amx_fp16() { return amx_support().fp16; }
+#else
+bool cpu_has_amx_fp16() { return false; }
+#endif
+
 namespace {
 
-constexpr CpuIsa kAllIsas[] = {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16};
+constexpr CpuIsa kAllIsas[] = {CpuIsa::kScalar, CpuIsa::kAvx2,     CpuIsa::kAvx512,
+                               CpuIsa::kAvx512Bf16, CpuIsa::kAmx, CpuIsa::kAmxModel};
 
 bool cpu_has(CpuIsa isa) {
   switch (isa) {
@@ -40,6 +84,18 @@ bool cpu_has(CpuIsa isa) {
 #else
       return false;
 #endif
+    case CpuIsa::kAmx:
+#if defined(LONGATTN_HAVE_AMX) && defined(__linux__)
+      return cpu_has(CpuIsa::kAvx512Bf16) && amx_support().tiles;
+#else
+      return false;
+#endif
+    case CpuIsa::kAmxModel:
+#if defined(LONGATTN_HAVE_AMX_MODEL)
+      return cpu_has(CpuIsa::kAvx2);
+#else
+      return false;
+#endif
   }
   return false;
 }
@@ -57,8 +113,8 @@ CpuIsa initial_isa(std::string* problem = nullptr) {
       return best;
     }
   if (problem)
-    *problem = "LONGATTN_CPU_ISA='" + std::string(env) + "' is not one of scalar, avx2, avx512, avx512_bf16 (exactly, lower case)" +
-               using_best;
+    *problem = "LONGATTN_CPU_ISA='" + std::string(env) +
+               "' is not one of scalar, avx2, avx512, avx512_bf16, amx, amx_model (exactly, lower case)" + using_best;
   return best;
 }
 
@@ -69,6 +125,12 @@ std::atomic<int>& active_isa_slot() {
 
 const CpuKernelTable& kernels_for(CpuIsa isa) {
   switch (isa) {
+#if defined(LONGATTN_HAVE_AMX)
+    case CpuIsa::kAmx: return amx_kernels();
+#endif
+#if defined(LONGATTN_HAVE_AMX_MODEL)
+    case CpuIsa::kAmxModel: return amx_model_kernels();
+#endif
 #if defined(LONGATTN_HAVE_AVX512_BF16)
     case CpuIsa::kAvx512Bf16: return avx512_bf16_kernels();
 #endif
@@ -143,13 +205,17 @@ const char* cpu_isa_name(CpuIsa isa) {
     case CpuIsa::kAvx2: return "avx2";
     case CpuIsa::kAvx512: return "avx512";
     case CpuIsa::kAvx512Bf16: return "avx512_bf16";
+    case CpuIsa::kAmx: return "amx";
+    case CpuIsa::kAmxModel: return "amx_model";
   }
   return "unknown";
 }
 
 bool cpu_isa_supported(CpuIsa isa) { return cpu::cpu_has(isa); }
+bool cpu_amx_fp16_supported() { return cpu::cpu_has(CpuIsa::kAmx) && cpu::cpu_has_amx_fp16(); }
 
-CpuIsa best_cpu_isa() {
+CpuIsa best_cpu_isa() {  // amx_model is a test build: never the default
+  if (cpu::cpu_has(CpuIsa::kAmx)) return CpuIsa::kAmx;
   if (cpu::cpu_has(CpuIsa::kAvx512Bf16)) return CpuIsa::kAvx512Bf16;
   if (cpu::cpu_has(CpuIsa::kAvx512)) return CpuIsa::kAvx512;
   if (cpu::cpu_has(CpuIsa::kAvx2)) return CpuIsa::kAvx2;
@@ -159,8 +225,8 @@ CpuIsa best_cpu_isa() {
 CpuIsa active_cpu_isa() { return CpuIsa(cpu::active_isa_slot().load()); }
 
 Status set_cpu_isa(CpuIsa isa) {
-  if (isa != CpuIsa::kScalar && isa != CpuIsa::kAvx2 && isa != CpuIsa::kAvx512 && isa != CpuIsa::kAvx512Bf16)
-    return Status::Invalid("isa: expected scalar, avx2, avx512 or avx512_bf16");
+  if (std::find(std::begin(cpu::kAllIsas), std::end(cpu::kAllIsas), isa) == std::end(cpu::kAllIsas))
+    return Status::Invalid("isa: expected scalar, avx2, avx512, avx512_bf16, amx or amx_model");
   if (!cpu::cpu_has(isa))
     return Status::Unsupported(std::string("isa: ") + cpu_isa_name(isa) +
                                " is not compiled into this build or not supported by this CPU");

@@ -27,6 +27,16 @@
 #include "simd.h"
 #include "work_plan.h"
 
+#if defined(LONGATTN_ISA_AMX) || defined(LONGATTN_ISA_AMX_MODEL)
+#define LONGATTN_AMX_TILES 1
+#if defined(LONGATTN_ISA_AMX)
+#define LONGATTN_AMX_HARDWARE 1
+#else
+#define LONGATTN_AMX_MODEL 1
+#endif
+#include "amx.h"
+#endif
+
 namespace longattn::cpu::LONGATTN_ISA_NAME {
 
 // Tile shape. The defaults were chosen by measurement on a 2-core Sapphire Rapids VM (see the issue notes); each can
@@ -83,20 +93,61 @@ constexpr int64_t kQueriesPerGroup = int64_t(kSubTiles) * kBlockQ;
 constexpr int kMaxCachedTiles = 32;
 constexpr int64_t kTileCacheBytes = int64_t(1) << 20;
 
+// ---- tile layouts ----------------------------------------------------------------------------------------------
+// Three layouts of the packed tiles, chosen per element type at compile time:
+//   float32 tiles        every dtype on every ISA without a 16-bit path (inputs converted as tiles are packed)
+//   bfloat16 pair tiles  kBf16Tiles: bfloat16 on AVX512-BF16 (VDPBF16PS; described below)
+//   AMX tiles            kAmxTiles: bfloat16 and float16 on AMX (TDPBF16PS / TDPFP16PS; described with their
+//                        micro-kernels), or on the AMX model of amx.h in the amx_model test build
+#if defined(LONGATTN_AMX_TILES)
+template <DType T> constexpr bool kAmxTiles = T == DType::kBFloat16 || T == DType::kFloat16;
+#else
+template <DType T> constexpr bool kAmxTiles = false;
+#endif
+#if defined(LONGATTN_ISA_AVX512_BF16) && !defined(LONGATTN_AMX_TILES)
+template <DType T> constexpr bool kBf16Tiles = T == DType::kBFloat16;
+#else
+template <DType T> constexpr bool kBf16Tiles = false;
+#endif
+// Two 16-bit values per 32-bit tile element (the lower half the first).
+template <DType T> constexpr bool kPairTiles = kBf16Tiles<T> || kAmxTiles<T>;
+template <DType T> using TileElem = std::conditional_t<kPairTiles<T>, uint32_t, float>;
+
+// AMX tiles: a K row holds whole tile rows of pairs (zero past the head dim); Vᵀ rows hold the pairs of a tile's
+// keys and then a tile row of zeros, so a 16-pair load starting at any even key of the tile stays inside its row.
+constexpr int64_t kAmxPairs = 16;
+inline int64_t amx_k_row(int64_t D) { return round_up((D + 1) / 2, kAmxPairs); }
+inline int64_t amx_vt_row(int64_t keys) { return round_up((keys + 1) / 2, 4) + kAmxPairs; }
+// Tile elements per key row of a K tile.
+template <DType T> inline int64_t k_row_of(int64_t D) {
+  return kAmxTiles<T> ? amx_k_row(D) : kPairTiles<T> ? (D + 1) / 2 : D;
+}
+// Where (even) key j of a V tile starts: a row of V, a pair row, or (AMX, Vᵀ) a column of pairs.
+template <DType T> inline int64_t v_offset_of(int64_t j, int64_t dv_pad) {
+  return kAmxTiles<T> ? j / 2 : kPairTiles<T> ? j / 2 * dv_pad : j * dv_pad;
+}
+
 // Scratch floats one thread needs for `p` (the dispatcher allocates it, so no allocation happens in this file).
+// Sizes cover every layout the build can use for p.dtype.
 struct WorkspaceLayout {
-  int64_t qt, o, m, l, st, alpha, pt, kcache, vcache, kglobal, vglobal, total;
+  int64_t qt, o, m, l, st, alpha, pt, ot, kcache, vcache, kglobal, vglobal, total;
   int64_t qt_size, o_size;  // per sub-tile
   int64_t k_tile, v_tile;   // floats of one packed K / V tile
   int cached_tiles;
   explicit WorkspaceLayout(const AttentionParams& p) {
     const int64_t dv_pad = round_up(p.head_dim_v, kNR);
+#if defined(LONGATTN_AMX_TILES)
+    const bool amx = p.dtype != DType::kFloat32;
+#else
+    const bool amx = false;
+#endif
     int64_t at = 0;
     auto take = [&](int64_t n) { const int64_t here = at; at += round_up(n, 16); return here; };
-    qt_size = round_up(p.head_dim * kBlockQ, 16);
+    qt_size = round_up(std::max(p.head_dim, amx ? amx_k_row(p.head_dim) : 0) * kBlockQ, 16);
     o_size = round_up(kBlockQ * dv_pad, 16);
-    k_tile = round_up(int64_t(kBlockK) * p.head_dim, 16);
-    v_tile = round_up(int64_t(kBlockK) * dv_pad, 16);
+    // AMX: 16 rows of slack after a K tile (a tile load from a tile's last keys reads up to 15 rows past them)
+    k_tile = round_up(std::max(int64_t(kBlockK) * p.head_dim, amx ? (kBlockK + 16) * amx_k_row(p.head_dim) : 0), 16);
+    v_tile = round_up(std::max(int64_t(kBlockK), amx ? amx_vt_row(kBlockK) : 0) * dv_pad, 16);
     cached_tiles = int(std::clamp<int64_t>(kTileCacheBytes / (4 * (k_tile + v_tile)), 2, kMaxCachedTiles));
     qt = take(kSubTiles * qt_size);            // Qᵀ (head_dim, kBlockQ) per sub-tile, scaled
     o = take(kSubTiles * o_size);              // O accumulator (kBlockQ, dv_pad) per sub-tile
@@ -104,7 +155,8 @@ struct WorkspaceLayout {
     l = take(kSubTiles * kBlockQ);             // running sum per query
     st = take(int64_t(kBlockK) * kBlockQ);     // Sᵀ then Pᵀ (kBlockK, kBlockQ)
     alpha = take(kBlockQ);                     // rescale factor of the current tile
-    pt = take(int64_t(kBlockK) / 2 * kBlockQ + kBlockQ);  // bfloat16 tiles: Pᵀ as pairs of keys
+    pt = take(int64_t(kBlockK) / 2 * kBlockQ + kBlockQ);  // pair tiles: Pᵀ as pairs of keys
+    ot = take(amx ? o_size : 0);               // AMX: O as (kBlockQ, dv_pad) rows, from the Oᵀ accumulator
     kcache = take(cached_tiles * k_tile);      // K tiles as float32 (kBlockK, head_dim)
     vcache = take(cached_tiles * v_tile);      // V tiles as float32 (kBlockK, dv_pad), zero-padded columns
     kglobal = take(k_tile);                    // one tile of gathered global keys
@@ -240,13 +292,6 @@ template <int MR> struct PvRows {
 //   K  (nk, ceil(D/2))        the rows as stored, pairs along the head dim
 //   V  (ceil(nk/2), dv_pad)   pairs of consecutive keys: lane c of pair row j2 is (V[2 j2][c], V[2 j2 + 1][c])
 //   Pᵀ (ceil(nk/2), kBlockQ)  pairs of consecutive keys, like V
-#if defined(LONGATTN_ISA_AVX512_BF16)
-template <DType T> constexpr bool kBf16Tiles = T == DType::kBFloat16;
-#else
-template <DType T> constexpr bool kBf16Tiles = false;
-#endif
-template <DType T> using TileElem = std::conditional_t<kBf16Tiles<T>, uint32_t, float>;
-
 // The bodies exist in the AVX512-BF16 build only; other builds never instantiate them.
 template <int MR>
 void qk_bf16_microkernel(const uint32_t* k, int64_t ldk, int64_t d2, const uint32_t* qt, float* st, float scale);
@@ -360,9 +405,11 @@ template <int MR> struct PvBf16Rows {
   }
 };
 
-// Qᵀ pairs of the query rows row_at(c), c < nq, as stored; columns nq .. nq_pad - 1 are zero.
+// Qᵀ pairs of the query rows row_at(c), c < nq, as stored (bfloat16 or, for AMX, float16 too); columns
+// nq .. nq_pad - 1 are zero, and so are pair rows ceil(D/2) .. pair_rows - 1 (AMX: up to a whole tile row).
 template <class RowAt>
-inline void pack_query_tile_bf16(RowAt row_at, int64_t nq, int64_t nq_pad, int64_t D, uint32_t* qt) {
+inline void pack_query_tile_bf16(RowAt row_at, int64_t nq, int64_t nq_pad, int64_t D, uint32_t* qt,
+                                 int64_t pair_rows = -1) {
   const int64_t d2 = (D + 1) / 2;
   for (int64_t c = 0; c < nq_pad; ++c) {
     if (c >= nq) {
@@ -373,6 +420,148 @@ inline void pack_query_tile_bf16(RowAt row_at, int64_t nq, int64_t nq_pad, int64
     for (int64_t d = 0; d < D / 2; ++d) qt[d * kBlockQ + c] = uint32_t(row[2 * d]) | uint32_t(row[2 * d + 1]) << 16;
     if (D % 2) qt[(D / 2) * kBlockQ + c] = row[D - 1];
   }
+  for (int64_t d = d2; d < pair_rows; ++d) std::fill(qt + d * kBlockQ, qt + d * kBlockQ + nq_pad, 0u);
+}
+
+// ---- AMX tiles (AMX-BF16 / AMX-FP16) ------------------------------------------------------------------------------
+// With AMX one instruction multiplies a 16 x 32 tile of 16-bit values by a 32 x 16 one into 16 x 16 float32
+// accumulators. Both products keep the engine's transposed orientation, so that neither needs a transpose per tile:
+//   Sᵀ (keys, queries)  = K (keys, D) · Qᵀ (D, queries)        A = K rows, B = Qᵀ pairs (the pair-tile layouts)
+//   Oᵀ (dv, queries)   += Vᵀ (dv, keys) · Pᵀ (keys, queries)   A = Vᵀ pairs (packed once per K/V tile),
+//                                                               B = Pᵀ pairs (as the bfloat16 pair tiles pack P)
+// so the softmax stays column-wise (one query per SIMD lane) and O is kept transposed, its rows rescaled by alpha
+// with vertical SIMD; it is transposed back once per query tile, when the rows are finished. Tile layouts
+// (uint32_t = one pair of bfloat16 or float16, the lower half the first value):
+//   Qᵀ (amx_k_row(D), kBlockQ)   pairs along the head dim, zero past it
+//   K  (nk + 16, amx_k_row(D))   the rows as stored, zero pairs past the head dim; the 16 rows of slack after the
+//                                tile are read by a load from its last keys, and only feed score rows never used
+//   Vᵀ (dv_pad, vt_row)          row e: (V[2 j2][e], V[2 j2 + 1][e]) for j2 < ceil(nk/2), then zeros
+//   Pᵀ (k2, kBlockQ)             pairs of consecutive keys, zero rows up to k2 = a whole number of tile rows
+// Scores and P are float32 as elsewhere; P is rounded to the input dtype before P·V.
+#if defined(LONGATTN_AMX_TILES)
+// K rows and Vᵀ pairs of one tile of nk keys (16-bit values, bfloat16 or float16: the packing only moves bits).
+template <class KAt, class VAt>
+void pack_kv_tile_amx(KAt k_at, VAt v_at, int64_t nk, int64_t D, int64_t Dv, int64_t dv_pad, int64_t k_row,
+                      int64_t vt_row, uint32_t* kt, uint32_t* vt) {
+  for (int64_t j = 0; j < nk; ++j) {
+    uint32_t* row = kt + j * k_row;
+    std::memcpy(row, k_at(j), size_t(D) * 2);
+    std::memset(reinterpret_cast<uint16_t*>(row) + D, 0, size_t(2 * k_row - D) * 2);
+  }
+  const int64_t n2 = (nk + 1) / 2;
+  for (int64_t j2 = 0; j2 < n2; ++j2) {
+    const uint16_t* r0 = v_at(2 * j2);
+    const uint16_t* r1 = 2 * j2 + 1 < nk ? v_at(2 * j2 + 1) : nullptr;
+    for (int64_t e = 0; e < Dv; ++e) vt[e * vt_row + j2] = uint32_t(r0[e]) | uint32_t(r1 ? r1[e] : 0) << 16;
+  }
+  for (int64_t e = 0; e < dv_pad; ++e) std::fill(vt + e * vt_row + (e < Dv ? n2 : 0), vt + (e + 1) * vt_row, 0u);
+}
+
+// Pᵀ pairs from the float32 P tile st (nk, kBlockQ), each value rounded to the nearest bfloat16 / float16 (ties to
+// even); an odd last key gets a zero partner, and pair rows ceil(nk/2) .. k2 - 1 are zero.
+template <bool kFp16>
+inline void pack_p_amx(const float* st, int64_t nk, int64_t nq_pad, int64_t k2, uint32_t* pt) {
+  const int64_t n2 = (nk + 1) / 2;
+#if defined(LONGATTN_AMX_HARDWARE)
+  if constexpr (!kFp16) {
+    pack_p_bf16(st, nk, nq_pad, pt);
+  } else {
+    for (int64_t j2 = 0; j2 < n2; ++j2) {
+      const float* p0 = st + 2 * j2 * kBlockQ;
+      const bool pair = 2 * j2 + 1 < nk;
+      for (int64_t c = 0; c < nq_pad; c += 16) {
+        const __m512i lo = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(_mm512_loadu_ps(p0 + c), _MM_FROUND_TO_NEAREST_INT));
+        const __m512i hi = pair ? _mm512_cvtepu16_epi32(_mm512_cvtps_ph(_mm512_loadu_ps(p0 + kBlockQ + c),
+                                                                        _MM_FROUND_TO_NEAREST_INT))
+                                : _mm512_setzero_si512();
+        _mm512_storeu_si512(pt + j2 * kBlockQ + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+      }
+    }
+  }
+#else
+  const auto round = [](float x) { return uint32_t(kFp16 ? f32_to_f16(x) : f32_to_bf16(x)); };
+  for (int64_t j2 = 0; j2 < n2; ++j2) {
+    const float* p0 = st + 2 * j2 * kBlockQ;
+    const bool pair = 2 * j2 + 1 < nk;
+    for (int64_t c = 0; c < nq_pad; ++c)
+      pt[j2 * kBlockQ + c] = round(p0[c]) | (pair ? round(p0[kBlockQ + c]) : 0u) << 16;
+  }
+#endif
+  for (int64_t j2 = n2; j2 < k2; ++j2) std::fill(pt + j2 * kBlockQ, pt + j2 * kBlockQ + nq_pad, 0u);
+}
+
+// C (16·NA, 16·NB) = [C +] A (16·NA, k2 pairs) · B (k2 pairs, 16·NB): one block of up to 2 x 2 C tiles.
+//   a row stride lda elements;  b row stride ldb;  c row stride ldc floats;  k2 a multiple of 16
+template <bool kFp16, int NA, int NB>
+LONGATTN_ALWAYS_INLINE void amx_block(const uint32_t* a, int64_t lda, const uint32_t* b, int64_t ldb, int64_t k2,
+                                      float* c, int64_t ldc, bool accumulate) {
+  using namespace amx;
+  const int64_t sa = lda * 4, sb = ldb * 4, sc = ldc * 4;
+  const auto dot = [](auto tc, auto ta, auto tb) {
+    constexpr int C = decltype(tc)::value, A = decltype(ta)::value, B = decltype(tb)::value;
+    if constexpr (kFp16) dot_fp16<C, A, B>();
+    else dot_bf16<C, A, B>();
+  };
+  using C00 = std::integral_constant<int, kC00>;
+  using C01 = std::integral_constant<int, kC01>;
+  using C10 = std::integral_constant<int, kC10>;
+  using C11 = std::integral_constant<int, kC11>;
+  using A0 = std::integral_constant<int, kA0>;
+  using A1 = std::integral_constant<int, kA1>;
+  using B0 = std::integral_constant<int, kB0>;
+  using B1 = std::integral_constant<int, kB1>;
+  if (accumulate) {
+    load<kC00>(c, sc);
+    if constexpr (NB == 2) load<kC01>(c + 16, sc);
+    if constexpr (NA == 2) load<kC10>(c + 16 * ldc, sc);
+    if constexpr (NA == 2 && NB == 2) load<kC11>(c + 16 * ldc + 16, sc);
+  } else {
+    zero<kC00>();
+    if constexpr (NB == 2) zero<kC01>();
+    if constexpr (NA == 2) zero<kC10>();
+    if constexpr (NA == 2 && NB == 2) zero<kC11>();
+  }
+  for (int64_t kk = 0; kk < k2; kk += kAmxPairs) {
+    load<kA0>(a + kk, sa);
+    if constexpr (NA == 2) load<kA1>(a + 16 * lda + kk, sa);
+    load<kB0>(b + kk * ldb, sb);
+    if constexpr (NB == 2) load<kB1>(b + kk * ldb + 16, sb);
+    dot(C00{}, A0{}, B0{});
+    if constexpr (NB == 2) dot(C01{}, A0{}, B1{});
+    if constexpr (NA == 2) dot(C10{}, A1{}, B0{});
+    if constexpr (NA == 2 && NB == 2) dot(C11{}, A1{}, B1{});
+  }
+  store<kC00>(c, sc);
+  if constexpr (NB == 2) store<kC01>(c + 16, sc);
+  if constexpr (NA == 2) store<kC10>(c + 16 * ldc, sc);
+  if constexpr (NA == 2 && NB == 2) store<kC11>(c + 16 * ldc + 16, sc);
+}
+
+// C (m, n) = [C +] A (m, k2) · B (k2, n) in blocks of 32 x 32; m, n, k2 multiples of 16. meets(i, rows, j, cols)
+// false skips a block (its C is left as it was).
+template <bool kFp16, class Meets>
+inline void amx_product(const uint32_t* a, int64_t lda, int64_t m, const uint32_t* b, int64_t ldb, int64_t n,
+                        int64_t k2, float* c, int64_t ldc, bool accumulate, Meets meets) {
+  for (int64_t i = 0; i < m; i += 32) {
+    const bool two_a = i + 16 < m;
+    for (int64_t j = 0; j < n; j += 32) {
+      const bool two_b = j + 16 < n;
+      if (!meets(i, two_a ? 32 : 16, j, two_b ? 32 : 16)) continue;
+      const uint32_t* ai = a + i * lda;
+      float* cij = c + i * ldc + j;
+      if (two_a && two_b) amx_block<kFp16, 2, 2>(ai, lda, b + j, ldb, k2, cij, ldc, accumulate);
+      else if (two_a) amx_block<kFp16, 2, 1>(ai, lda, b + j, ldb, k2, cij, ldc, accumulate);
+      else if (two_b) amx_block<kFp16, 1, 2>(ai, lda, b + j, ldb, k2, cij, ldc, accumulate);
+      else amx_block<kFp16, 1, 1>(ai, lda, b + j, ldb, k2, cij, ldc, accumulate);
+    }
+  }
+}
+#endif
+
+// O (nq, dv_pad) rows from the AMX accumulator Oᵀ (dv_pad, kBlockQ).
+inline void transpose_o(const float* ot, int64_t nq, int64_t dv_pad, float* o) {
+  for (int64_t e = 0; e < dv_pad; ++e)
+    for (int64_t c = 0; c < nq; ++c) o[c * dv_pad + e] = ot[e * kBlockQ + c];
 }
 
 // ---- online softmax ------------------------------------------------------------------------------------------------
@@ -450,18 +639,26 @@ inline void pack_kv_tile(KAt k_at, VAt v_at, int64_t nk, int64_t D, int64_t Dv, 
   }
 }
 
-// The tiles of a work item for element type T: float32 (converted) or, with kBf16Tiles<T>, bfloat16 pairs.
+// The tiles of a work item for element type T: float32 (converted), bfloat16 pairs, or AMX tiles (engine tiles of
+// kBlockK keys: Vᵀ rows of amx_vt_row(kBlockK) pairs).
 template <DType T, class RowAt>
 inline void pack_queries(RowAt row_at, int64_t nq, int64_t nq_pad, int64_t D, float qscale, float* rows,
                          TileElem<T>* qt) {
-  if constexpr (kBf16Tiles<T>) pack_query_tile_bf16(row_at, nq, nq_pad, D, qt);
+  if constexpr (kAmxTiles<T>) pack_query_tile_bf16(row_at, nq, nq_pad, D, qt, amx_k_row(D));
+  else if constexpr (kBf16Tiles<T>) pack_query_tile_bf16(row_at, nq, nq_pad, D, qt);
   else pack_query_tile<T>(row_at, nq, nq_pad, D, qscale, rows, qt);
 }
 template <DType T, class KAt, class VAt>
 inline void pack_keys_values(KAt k_at, VAt v_at, int64_t nk, int64_t D, int64_t Dv, int64_t dv_pad, TileElem<T>* kt,
                              TileElem<T>* vt) {
+#if defined(LONGATTN_AMX_TILES)
+  if constexpr (kAmxTiles<T>) {
+    pack_kv_tile_amx(k_at, v_at, nk, D, Dv, dv_pad, amx_k_row(D), amx_vt_row(kBlockK), kt, vt);
+    return;
+  }
+#endif
   if constexpr (kBf16Tiles<T>) pack_kv_tile_bf16(k_at, v_at, nk, D, Dv, dv_pad, kt, vt);
-  else pack_kv_tile<T>(k_at, v_at, nk, D, Dv, dv_pad, kt, vt);
+  else if constexpr (!kAmxTiles<T>) pack_kv_tile<T>(k_at, v_at, nk, D, Dv, dv_pad, kt, vt);
 }
 
 // Visible keys [lo[c], hi[c]) of each query column c of a block on a band edge, in block-local key indices; both
@@ -472,75 +669,110 @@ struct ColumnRanges {
   int32_t lo[kBlockQ], hi[kBlockQ];
 };
 
+// Scores of rows [0, nk) become softcap2 · tanh(score) (softcap2 > 0; else nothing happens).
+inline void softcap_scores(float* st, int64_t nk, int64_t nq_pad, float softcap2) {
+  if (softcap2 <= 0.0f) return;
+  const typename Vec::Reg cap = Vec::set1(softcap2);
+  for (int64_t jj = 0; jj < nk; ++jj)
+    for (int64_t c = 0; c < nq_pad; c += Vec::kWidth) {
+      float* x = st + jj * kBlockQ + c;
+      Vec::store(x, Vec::mul(cap, Vec::tanh(Vec::load(x))));
+    }
+}
+
 // One query tile (nq queries) meets nk keys of a packed K/V tile (kt, vt already offset to the first of them).
 // mask_scores(st, nq_pad) sets the scores of hidden (key, query) pairs to -inf, or does nothing when the whole
 // block is visible (the unmasked fast path). ranges: null, or the visible interval of each column (band edges).
 // softcap2 > 0: the scores are softcap2 · tanh(K · Qᵀ) (Gemma 2's soft-capping, in log2 units; Q was packed with
 // scale / softcap), applied before the mask.
-// Tile = float: float32 tiles (Q packed with its scale). Tile = uint32_t: bfloat16 pair tiles (above), the scores
-// multiplied by score_scale, P packed into pt; kt then advances by ceil(D/2) per key and vt starts on a key pair.
-template <class Tile, class MaskFn>
-inline void attend_key_block(int64_t nq, int64_t nk, int64_t D, int64_t dv_pad, const Tile* kt, const Tile* vt,
-                             const Tile* qt, float* st, float* o, float* m, float* l, float* alpha,
-                             MaskFn mask_scores, const ColumnRanges* ranges, float softcap2 = 0.0f,
-                             float score_scale = 1.0f, uint32_t* pt = nullptr) {
-  constexpr bool bf16 = std::is_same_v<Tile, uint32_t>;
-  const int64_t nq_pad = round_up(nq, kNR), k_row = bf16 ? (D + 1) / 2 : D;
-  // Key rows [j, j + rows) meet query panel c0 unless every column of the panel sees none of them.
-  const auto rows_meet_panel = [&](int64_t j, int64_t rows, int64_t c0) {
-    if (!ranges) return true;
-    const int64_t c_last = std::min<int64_t>(c0 + kNR, nq) - 1;
-    return c0 <= c_last && j < ranges->hi[c_last] && j + rows > ranges->lo[c0];
-  };
-  const auto qk_rows = [&](int rows, int64_t j, int64_t c0) {
-    if constexpr (bf16) {
-      if (rows == kMR) qk_bf16_microkernel<kMR>(kt + j * k_row, k_row, k_row, qt + c0, st + j * kBlockQ + c0, score_scale);
-      else with_rows<QkBf16Rows>(rows, kt + j * k_row, k_row, k_row, qt + c0, st + j * kBlockQ + c0, score_scale);
-    } else {
-      if (rows == kMR) qk_microkernel<kMR>(kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
-      else with_rows<QkRows>(rows, kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
-    }
-  };
-  // St = K · Qᵀ : (nk, nq_pad). A block of kMR key rows stays in L1 while it meets every query panel.
-  for (int64_t j = 0; j < nk; j += kMR) {
-    const int rows = int(std::min<int64_t>(kMR, nk - j));
-    for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
-      if (rows_meet_panel(j, rows, c0)) qk_rows(rows, j, c0);
-  }
-
-  if (softcap2 > 0.0f) {
-    const typename Vec::Reg cap = Vec::set1(softcap2);
+// The tiles are those of T (TileElem<T>): float32 tiles (Q packed with its scale), or pair tiles (bfloat16 pairs,
+// or AMX tiles), whose scores are multiplied by score_scale and whose P is packed into pt; kt then advances by
+// k_row_of<T>(D) per key and vt starts on a key pair. AMX tiles: o is Oᵀ (dv_pad, kBlockQ) and vt_row the row
+// stride of Vᵀ in pairs.
+template <DType T, class MaskFn>
+inline void attend_key_block(int64_t nq, int64_t nk, int64_t D, int64_t dv_pad, const TileElem<T>* kt,
+                             const TileElem<T>* vt, const TileElem<T>* qt, float* st, float* o, float* m, float* l,
+                             float* alpha, MaskFn mask_scores, const ColumnRanges* ranges, float softcap2 = 0.0f,
+                             float score_scale = 1.0f, uint32_t* pt = nullptr, int64_t vt_row = 0) {
+  constexpr bool bf16 = kBf16Tiles<T>;
+  const int64_t nq_pad = round_up(nq, kNR), k_row = k_row_of<T>(D);
+  if constexpr (kAmxTiles<T>) {
+#if defined(LONGATTN_AMX_TILES)
+    constexpr bool fp16 = T == DType::kFloat16;
+    // Sᵀ = K · Qᵀ : (round_up(nk, 16), nq_pad), skipping 32 x 32 blocks wholly outside a band edge's ranges
+    amx_product<fp16>(kt, k_row, round_up(nk, 16), qt, kBlockQ, nq_pad, k_row, st, kBlockQ, false,
+                      [&](int64_t i, int64_t rows, int64_t j, int64_t cols) {
+      if (!ranges) return true;
+      const int64_t c_last = std::min<int64_t>(j + cols, nq) - 1;
+      return j <= c_last && i < ranges->hi[c_last] && i + rows > ranges->lo[j];
+    });
+    const typename Vec::Reg scale = Vec::set1(score_scale);
     for (int64_t jj = 0; jj < nk; ++jj)
-      for (int64_t c = 0; c < nq_pad; c += Vec::kWidth) {
-        float* x = st + jj * kBlockQ + c;
-        Vec::store(x, Vec::mul(cap, Vec::tanh(Vec::load(x))));
-      }
-  }
-
-  mask_scores(st, nq_pad);
-
-  online_softmax_update(st, nk, nq_pad, m, l, alpha);
-  if constexpr (bf16) pack_p_bf16(st, nk, nq_pad, pt);
-
-  // O = O * alpha + P · V : (nq, dv_pad). Query rows [c, c + rows) need only keys [j_lo, j_hi) (bfloat16 tiles: the
-  // key pairs covering them; a key outside has P = 0 exactly).
-  for (int64_t n0 = 0; n0 < dv_pad; n0 += kNR) {
-    for (int64_t c = 0; c < nq; c += kMR) {
-      const int rows = int(std::min<int64_t>(kMR, nq - c));
-      const int64_t j_lo = ranges ? ranges->lo[c] : 0;
-      const int64_t j_hi = ranges ? std::max<int64_t>(j_lo, ranges->hi[c + rows - 1]) : nk;
-      float* oc = o + c * dv_pad + n0;
+      for (int64_t c = 0; c < nq_pad; c += Vec::kWidth)
+        Vec::store(st + jj * kBlockQ + c, Vec::mul(Vec::load(st + jj * kBlockQ + c), scale));
+    softcap_scores(st, nk, nq_pad, softcap2);
+    mask_scores(st, nq_pad);
+    online_softmax_update(st, nk, nq_pad, m, l, alpha);
+    const int64_t k2 = round_up((nk + 1) / 2, kAmxPairs);
+    pack_p_amx<fp16>(st, nk, nq_pad, k2, pt);
+    // Oᵀ = Oᵀ · alpha (per column) + Vᵀ · Pᵀ : (dv_pad, nq_pad). Keys outside a row's range have P = 0.
+    for (int64_t e = 0; e < dv_pad; ++e)
+      for (int64_t c = 0; c < nq_pad; c += Vec::kWidth)
+        Vec::store(o + e * kBlockQ + c, Vec::mul(Vec::load(o + e * kBlockQ + c), Vec::load(alpha + c)));
+    amx_product<fp16>(vt, vt_row, dv_pad, pt, kBlockQ, nq_pad, k2, o, kBlockQ, true,
+                      [](int64_t, int64_t, int64_t, int64_t) { return true; });
+#endif
+  } else {
+    (void)vt_row;
+    // Key rows [j, j + rows) meet query panel c0 unless every column of the panel sees none of them.
+    const auto rows_meet_panel = [&](int64_t j, int64_t rows, int64_t c0) {
+      if (!ranges) return true;
+      const int64_t c_last = std::min<int64_t>(c0 + kNR, nq) - 1;
+      return c0 <= c_last && j < ranges->hi[c_last] && j + rows > ranges->lo[c0];
+    };
+    const auto qk_rows = [&](int rows, int64_t j, int64_t c0) {
       if constexpr (bf16) {
-        const int64_t p_lo = j_lo / 2, p_hi = (j_hi + 1) / 2;
-        const uint32_t* pp = pt + p_lo * kBlockQ + c;
-        const uint32_t* v = vt + p_lo * dv_pad + n0;
-        if (rows == kMR) pv_bf16_microkernel<kMR>(pp, p_hi - p_lo, v, dv_pad, oc, dv_pad, alpha + c);
-        else with_rows<PvBf16Rows>(rows, pp, p_hi - p_lo, v, dv_pad, oc, dv_pad, alpha + c);
+        if (rows == kMR) qk_bf16_microkernel<kMR>(kt + j * k_row, k_row, k_row, qt + c0, st + j * kBlockQ + c0, score_scale);
+        else with_rows<QkBf16Rows>(rows, kt + j * k_row, k_row, k_row, qt + c0, st + j * kBlockQ + c0, score_scale);
       } else {
-        const float* pp = st + j_lo * kBlockQ + c;
-        const float* v = vt + j_lo * dv_pad + n0;
-        if (rows == kMR) pv_microkernel<kMR>(pp, j_hi - j_lo, v, dv_pad, oc, dv_pad, alpha + c);
-        else with_rows<PvRows>(rows, pp, j_hi - j_lo, v, dv_pad, oc, dv_pad, alpha + c);
+        if (rows == kMR) qk_microkernel<kMR>(kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
+        else with_rows<QkRows>(rows, kt + j * D, D, D, qt + c0, st + j * kBlockQ + c0);
+      }
+    };
+    // St = K · Qᵀ : (nk, nq_pad). A block of kMR key rows stays in L1 while it meets every query panel.
+    for (int64_t j = 0; j < nk; j += kMR) {
+      const int rows = int(std::min<int64_t>(kMR, nk - j));
+      for (int64_t c0 = 0; c0 < nq_pad; c0 += kNR)
+        if (rows_meet_panel(j, rows, c0)) qk_rows(rows, j, c0);
+    }
+
+    softcap_scores(st, nk, nq_pad, softcap2);
+
+    mask_scores(st, nq_pad);
+
+    online_softmax_update(st, nk, nq_pad, m, l, alpha);
+    if constexpr (bf16) pack_p_bf16(st, nk, nq_pad, pt);
+
+    // O = O * alpha + P · V : (nq, dv_pad). Query rows [c, c + rows) need only keys [j_lo, j_hi) (bfloat16 tiles: the
+    // key pairs covering them; a key outside has P = 0 exactly).
+    for (int64_t n0 = 0; n0 < dv_pad; n0 += kNR) {
+      for (int64_t c = 0; c < nq; c += kMR) {
+        const int rows = int(std::min<int64_t>(kMR, nq - c));
+        const int64_t j_lo = ranges ? ranges->lo[c] : 0;
+        const int64_t j_hi = ranges ? std::max<int64_t>(j_lo, ranges->hi[c + rows - 1]) : nk;
+        float* oc = o + c * dv_pad + n0;
+        if constexpr (bf16) {
+          const int64_t p_lo = j_lo / 2, p_hi = (j_hi + 1) / 2;
+          const uint32_t* pp = pt + p_lo * kBlockQ + c;
+          const uint32_t* v = vt + p_lo * dv_pad + n0;
+          if (rows == kMR) pv_bf16_microkernel<kMR>(pp, p_hi - p_lo, v, dv_pad, oc, dv_pad, alpha + c);
+          else with_rows<PvBf16Rows>(rows, pp, p_hi - p_lo, v, dv_pad, oc, dv_pad, alpha + c);
+        } else {
+          const float* pp = st + j_lo * kBlockQ + c;
+          const float* v = vt + j_lo * dv_pad + n0;
+          if (rows == kMR) pv_microkernel<kMR>(pp, j_hi - j_lo, v, dv_pad, oc, dv_pad, alpha + c);
+          else with_rows<PvRows>(rows, pp, j_hi - j_lo, v, dv_pad, oc, dv_pad, alpha + c);
+        }
       }
     }
   }
@@ -622,9 +854,12 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
   const int64_t hk = G > 1 ? item.head : item.head / (p.heads_q / p.heads_k);
   const int64_t h_first = G > 1 ? hk * G : item.head;  // the query head of view column u % G == 0
   const int64_t D = p.head_dim, Dv = p.head_dim_v, dv_pad = round_up(Dv, kNR);
-  using Tile = TileElem<T>;  // float32 tiles, or bfloat16 pairs (kBf16Tiles)
-  constexpr bool bf16 = kBf16Tiles<T>;
-  const int64_t k_row = bf16 ? (D + 1) / 2 : D;  // tile elements per key row
+  using Tile = TileElem<T>;  // float32 tiles, bfloat16 pairs (kBf16Tiles) or AMX tiles (kAmxTiles)
+  constexpr bool pairs = kPairTiles<T>;
+  const int64_t k_row = k_row_of<T>(D);  // tile elements per key row
+#if defined(LONGATTN_AMX_TILES)
+  [[maybe_unused]] std::conditional_t<kAmxTiles<T>, amx::TileScope, int> tiles{};  // AMX: configured for this item
+#endif
   const auto qt_of = [&](int t) { return reinterpret_cast<Tile*>(ws + lay.qt + t * lay.qt_size); };
   const bool global_rows = item.residue == kGlobalRows;
   const SequenceRows seq = plan.sequence(b);
@@ -697,9 +932,9 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
     }
     const auto attend = [&](int t, int64_t nk, const Tile* kt_at, const Tile* vt_at, auto mask_scores,
                             const ColumnRanges* ranges) {
-      attend_key_block(nq[t], nk, D, dv_pad, kt_at, vt_at, qt_of(t), st, ws + lay.o + t * lay.o_size,
+      attend_key_block<T>(nq[t], nk, D, dv_pad, kt_at, vt_at, qt_of(t), st, ws + lay.o + t * lay.o_size,
                        ws + lay.m + t * kBlockQ, ws + lay.l + t * kBlockQ, alpha, mask_scores, ranges, softcap2,
-                       bf16 ? qscale : 1.0f, reinterpret_cast<uint32_t*>(ws + lay.pt));
+                       pairs ? qscale : 1.0f, reinterpret_cast<uint32_t*>(ws + lay.pt), amx_vt_row(kBlockK));
     };
     ColumnRanges ranges;
 
@@ -759,7 +994,7 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
         int64_t lo = std::max(j0, kb[t]);
         const int64_t hi = std::min(j0 + nk, ke[t]);
         if (lo >= hi) continue;
-        if (bf16) lo = j0 + ((lo - j0) & ~int64_t(1));  // V pairs start on an even tile row (the extra key is masked)
+        if (pairs) lo = j0 + ((lo - j0) & ~int64_t(1));  // V pairs start on an even tile key (the extra is masked)
         // Key padding: a tile of padding only is skipped; one with some padding is masked row by row.
         int64_t n_real = hi - lo;
         if (p.key_padding_mask) {
@@ -774,7 +1009,7 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
             ranges.lo[c] = int32_t(std::clamp<int64_t>(band.lo(u0[t] + c) - lo, 0, hi - lo));
             ranges.hi[c] = int32_t(std::clamp<int64_t>(band.hi(u0[t] + c) + 1 - lo, ranges.lo[c], hi - lo));
           }
-        attend(t, hi - lo, kt + (lo - j0) * k_row, vt + (lo - j0) / (bf16 ? 2 : 1) * dv_pad,
+        attend(t, hi - lo, kt + (lo - j0) * k_row, vt + v_offset_of<T>(lo - j0, dv_pad),
                [&](float* s, int64_t nq_pad) {
           if (full) return;
           if (!band_full) {
@@ -815,6 +1050,10 @@ void attention_work_item(const CallPlan& plan, const WorkItem& item, float* ws) 
     // kGlobalRows item, not by its residue class.
     for (int t = 0; t < n_sub; ++t) {
       const float* o = ws + lay.o + t * lay.o_size;
+      if constexpr (kAmxTiles<T>) {  // Oᵀ to rows
+        transpose_o(o, nq[t], dv_pad, ws + lay.ot);
+        o = ws + lay.ot;
+      }
       const float* m = ws + lay.m + t * kBlockQ;
       const float* l = ws + lay.l + t * kBlockQ;
       for (int64_t c = 0; c < nq[t]; ++c) {

@@ -37,5 +37,14 @@ const CpuKernelTable& avx512_kernels();
 #if defined(LONGATTN_HAVE_AVX512_BF16)
 const CpuKernelTable& avx512_bf16_kernels();
 #endif
+#if defined(LONGATTN_HAVE_AMX)
+const CpuKernelTable& amx_kernels();
+#endif
+#if defined(LONGATTN_HAVE_AMX_MODEL)
+const CpuKernelTable& amx_model_kernels();
+#endif
+
+// CPUID: AMX-FP16 (Granite Rapids and later); the amx build runs float16 on tiles only where it is present.
+bool cpu_has_amx_fp16();
 
 }  // namespace longattn::cpu

@@ -22,15 +22,20 @@ namespace longattn::cpu::LONGATTN_ISA_NAME {
 // The attend phase keeps chunks_before + chunks_after + 2 slots: the chunks the current chunk attends, plus the one
 // the next chunk adds, so each chunk is gathered once per item.
 struct LshWorkspaceLayout {
-  int64_t qt, o, m, l, st, alpha, pos_q, fold, pt, slots, total;
+  int64_t qt, o, m, l, st, alpha, pos_q, fold, pt, ot, slots, total;
   int64_t qt_size, o_size, slot_size, raw, val, pos, valid, key_scale;  // offsets inside a slot
   int n_slots;
   explicit LshWorkspaceLayout(const LshPlan& plan) {
     const LshAttentionParams& p = plan.p;
     const int64_t D = p.head_dim, dv_pad = round_up(p.head_dim_v, kNR), L = plan.chunk;
+#if defined(LONGATTN_AMX_TILES)
+    const bool amx = p.dtype != DType::kFloat32;  // AMX tiles (engine.h): wider rows, Vᵀ, slack after the keys
+#else
+    const bool amx = false;
+#endif
     int64_t at = 0;
     auto take = [&](int64_t n) { const int64_t here = at; at += round_up(n, 16); return here; };
-    qt_size = round_up(D * kBlockQ, 16);
+    qt_size = round_up(std::max(D, amx ? amx_k_row(D) : 0) * kBlockQ, 16);
     o_size = round_up(kBlockQ * dv_pad, 16);
     qt = take(kSubTiles * qt_size);  // Qᵀ (D, kBlockQ) per query sub-tile (hash phase: the tokens)
     o = take(kSubTiles * o_size);    // O (kBlockQ, dv_pad) per sub-tile
@@ -40,11 +45,12 @@ struct LshWorkspaceLayout {
     alpha = take(kBlockQ);
     pos_q = take(kSubTiles * kBlockQ);  // query positions per sub-tile / hash phase: the minus side's index
     fold = take(3 * kBlockQ);           // round folding: keep factors and new maxima (2 x kBlockQ), weights
-    pt = take(int64_t(kBlockK) / 2 * kBlockQ + kBlockQ);  // bfloat16 tiles: Pᵀ as pairs of keys
+    pt = take(int64_t(kBlockK) / 2 * kBlockQ + kBlockQ);  // pair tiles: Pᵀ as pairs of keys
+    ot = take(amx ? o_size : 0);                          // AMX: O rows from the Oᵀ accumulator
     int64_t s = 0;
     auto take_in_slot = [&](int64_t n) { const int64_t here = s; s += round_up(n, 16); return here; };
-    raw = take_in_slot(L * D);
-    val = take_in_slot(L * dv_pad);
+    raw = take_in_slot(std::max(L * D, amx ? (L + 16) * amx_k_row(D) : 0));
+    val = take_in_slot(std::max(L, amx ? amx_vt_row(L) : 0) * dv_pad);
     pos = take_in_slot(L);
     valid = take_in_slot(L);
     key_scale = take_in_slot(L);
@@ -188,8 +194,8 @@ void lsh_hash_item(const LshPlan& plan, int64_t item, float* ws) {
 
 // ---- phase 3: chunked attention -------------------------------------------------------------------------------------
 // Gathers the rows of sorted chunk `chunk` (any integer; the data is chunk mod n_chunks()) into a slot: float32
-// rows, or with kBf16Tiles<T> the bfloat16 tiles of engine.h (qk rows as stored in pairs along the head dim, v in
-// pairs of consecutive keys, a zero partner after an odd last key).
+// rows, or with kPairTiles<T> the pair tiles of engine.h (qk rows as stored in pairs along the head dim; v in
+// pairs of consecutive keys, a zero partner after an odd last key, or for AMX as Vᵀ pairs of amx_vt_row(L)).
 template <DType T>
 void lsh_load_slot(const LshPlan& plan, const LshWorkspaceLayout& lay, int64_t b, int64_t h, int64_t chunk,
                    float* slot) {
@@ -201,6 +207,13 @@ void lsh_load_slot(const LshPlan& plan, const LshWorkspaceLayout& lay, int64_t b
   const S* qk_head = static_cast<const S*>(p.qk) + b * p.qk_stride.batch + h * p.qk_stride.head;
   const S* v_head = static_cast<const S*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head;
   const float* key_scale = plan.key_scale_at(b, h);
+#if defined(LONGATTN_AMX_TILES)
+  if constexpr (kAmxTiles<T>)
+    pack_kv_tile_amx([&](int64_t j) { return qk_head + sorted[j] * p.qk_stride.seq; },
+                     [&](int64_t j) { return v_head + sorted[j] * p.v_stride.seq; }, L, D, Dv, dv_pad, amx_k_row(D),
+                     amx_vt_row(L), reinterpret_cast<uint32_t*>(slot + lay.raw),
+                     reinterpret_cast<uint32_t*>(slot + lay.val));
+#endif
   if constexpr (kBf16Tiles<T>) {
     pack_kv_tile_bf16([&](int64_t j) { return qk_head + sorted[j] * p.qk_stride.seq; },
                       [&](int64_t j) { return v_head + sorted[j] * p.v_stride.seq; }, L, D, Dv, dv_pad,
@@ -212,7 +225,7 @@ void lsh_load_slot(const LshPlan& plan, const LshWorkspaceLayout& lay, int64_t b
     slot[lay.pos + j] = float(tok);
     slot[lay.valid + j] =
         p.key_padding_mask && !p.key_padding_mask[b * p.mask_batch_stride + tok * p.mask_seq_stride] ? 0.0f : 1.0f;
-    if constexpr (kBf16Tiles<T>) continue;
+    if constexpr (kPairTiles<T>) continue;
     load_row_f32<T>(qk_head + tok * p.qk_stride.seq, D, 1.0f, slot + lay.raw + j * D);
     float* val = slot + lay.val + j * dv_pad;
     load_row_f32<T>(v_head + tok * p.v_stride.seq, Dv, 1.0f, val);
@@ -325,9 +338,12 @@ void lsh_attend_item(const LshPlan& plan, int64_t round, int64_t item, float* ws
   const int64_t c_begin = round_first + (item % per_head) * plan.chunks_per_item;
   const int64_t c_end = std::min(round_first + plan.chunks_per_round, c_begin + plan.chunks_per_item);
   const int64_t L = plan.chunk, D = p.head_dim, dv_pad = round_up(p.head_dim_v, kNR);
-  using Tile = TileElem<T>;  // float32 rows, or bfloat16 pairs (kBf16Tiles)
-  constexpr bool bf16 = kBf16Tiles<T>;
-  const int64_t k_row = bf16 ? (D + 1) / 2 : D;  // tile elements per slot row
+  using Tile = TileElem<T>;  // float32 rows, bfloat16 pairs (kBf16Tiles) or AMX tiles (kAmxTiles)
+  constexpr bool pairs = kPairTiles<T>;
+  const int64_t k_row = k_row_of<T>(D);  // tile elements per slot row
+#if defined(LONGATTN_AMX_TILES)
+  [[maybe_unused]] std::conditional_t<kAmxTiles<T>, amx::TileScope, int> tiles{};  // AMX: configured for this item
+#endif
   const auto qt_of = [&](int t) { return reinterpret_cast<Tile*>(ws + lay.qt + t * lay.qt_size); };
   float* st = ws + lay.st;
   float* alpha = ws + lay.alpha;
@@ -365,10 +381,10 @@ void lsh_attend_item(const LshPlan& plan, int64_t round, int64_t item, float* ws
         const int64_t first = q0 + int64_t(t) * kBlockQ;
         nq[t] = std::min<int64_t>(kBlockQ, L - first);
         const int64_t nq_pad = round_up(nq[t], kNR);
-        if constexpr (bf16)  // the queries from the slot's bfloat16 rows (pairs along the head dim)
+        if constexpr (pairs)  // the queries from the slot's 16-bit rows (pairs along the head dim)
           pack_query_tile_bf16([&](int64_t col) {
             return reinterpret_cast<const uint16_t*>(own + lay.raw) + (first + col) * 2 * k_row;
-          }, nq[t], nq_pad, D, qt_of(t));
+          }, nq[t], nq_pad, D, qt_of(t), kAmxTiles<T> ? k_row : -1);
         else
           pack_query_tile<DType::kFloat32>([&](int64_t col) { return own + lay.raw + (first + col) * D; }, nq[t],
                                            nq_pad, D, kLog2e, st, qt_of(t));
@@ -385,24 +401,31 @@ void lsh_attend_item(const LshPlan& plan, int64_t round, int64_t item, float* ws
           const int64_t nk = std::min<int64_t>(kBlockK, L - j0);
           for (int t = 0; t < n_sub; ++t) {
             const float* pos_q = ws + lay.pos_q + t * kBlockQ;
-            // (j0 is a multiple of kBlockK: bfloat16 V pairs start on an even key)
-            attend_key_block(nq[t], nk, D, dv_pad, reinterpret_cast<const Tile*>(slot + lay.raw) + j0 * k_row,
-                             reinterpret_cast<const Tile*>(slot + lay.val) + j0 / (bf16 ? 2 : 1) * dv_pad, qt_of(t),
+            // (j0 is a multiple of kBlockK: V pairs start on an even key)
+            attend_key_block<T>(nq[t], nk, D, dv_pad, reinterpret_cast<const Tile*>(slot + lay.raw) + j0 * k_row,
+                             reinterpret_cast<const Tile*>(slot + lay.val) + v_offset_of<T>(j0, dv_pad), qt_of(t),
                              st, ws + lay.o + t * lay.o_size, ws + lay.m + t * kBlockQ, ws + lay.l + t * kBlockQ,
                              alpha,
                              [&](float* s, int64_t nq_pad) {
                                lsh_mask_scores(s, nk, nq_pad, slot + lay.pos + j0, slot + lay.valid + j0,
                                                slot + lay.key_scale + j0, pos_q, p.causal);
                              },
-                             nullptr, 0.0f, bf16 ? kLog2e : 1.0f, reinterpret_cast<uint32_t*>(ws + lay.pt));
+                             nullptr, 0.0f, pairs ? kLog2e : 1.0f, reinterpret_cast<uint32_t*>(ws + lay.pt),
+                             amx_vt_row(L));
           }
         }
       }
       // This round's result, folded in at the queries' original positions. l >= 1: scores are replaced, never
       // -inf, so no row is empty.
-      for (int t = 0; t < n_sub; ++t)
-        lsh_fold_tile<T>(plan, round, b, h, nq[t], ws + lay.pos_q + t * kBlockQ, ws + lay.o + t * lay.o_size, dv_pad,
-                         ws + lay.m + t * kBlockQ, ws + lay.l + t * kBlockQ, ws + lay.fold, ws + lay.fold + 2 * kBlockQ);
+      for (int t = 0; t < n_sub; ++t) {
+        float* o = ws + lay.o + t * lay.o_size;
+        if constexpr (kAmxTiles<T>) {  // Oᵀ to rows
+          transpose_o(o, nq[t], dv_pad, ws + lay.ot);
+          o = ws + lay.ot;
+        }
+        lsh_fold_tile<T>(plan, round, b, h, nq[t], ws + lay.pos_q + t * kBlockQ, o, dv_pad, ws + lay.m + t * kBlockQ,
+                         ws + lay.l + t * kBlockQ, ws + lay.fold, ws + lay.fold + 2 * kBlockQ);
+      }
     }
   }
 }

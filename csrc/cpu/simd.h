@@ -16,8 +16,12 @@
 
 #if defined(LONGATTN_ISA_SCALAR)
 #define LONGATTN_ISA_NAME scalar
+#elif defined(LONGATTN_ISA_AVX2) && defined(LONGATTN_ISA_AMX_MODEL)
+#define LONGATTN_ISA_NAME amx_model  // AVX2 with the AMX path on modelled tiles (amx.h): a test build, never chosen
 #elif defined(LONGATTN_ISA_AVX2)
 #define LONGATTN_ISA_NAME avx2
+#elif defined(LONGATTN_ISA_AVX512) && defined(LONGATTN_ISA_AMX)
+#define LONGATTN_ISA_NAME amx  // AVX-512 plus AMX-BF16 (and AMX-FP16 where present): bf16/fp16 tiles on AMX
 #elif defined(LONGATTN_ISA_AVX512) && defined(LONGATTN_ISA_AVX512_BF16)
 #define LONGATTN_ISA_NAME avx512_bf16  // AVX-512 plus VDPBF16PS: the float32 engine, and bf16 tiles for bf16 inputs
 #elif defined(LONGATTN_ISA_AVX512)

@@ -50,9 +50,10 @@ Device parse_device(const std::string& s) {
 }
 
 CpuIsa parse_isa(const std::string& s) {
-  for (CpuIsa c : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16})
+  for (CpuIsa c : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16, CpuIsa::kAmx,
+                   CpuIsa::kAmxModel})
     if (s == cpu_isa_name(c)) return c;
-  throw py::value_error("isa: got '" + s + "', expected scalar, avx2, avx512 or avx512_bf16");
+  throw py::value_error("isa: got '" + s + "', expected scalar, avx2, avx512, avx512_bf16, amx or amx_model");
 }
 
 BshdStrides strides3(const std::array<int64_t, 3>& s) { return {s[0], s[1], s[2]}; }
@@ -257,6 +258,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("best_cpu_isa", [] { return std::string(cpu_isa_name(best_cpu_isa())); });
   m.def("set_cpu_isa", [](const std::string& s) { raise_if_error(set_cpu_isa(parse_isa(s))); });
   m.def("cpu_isa_supported", [](const std::string& s) { return cpu_isa_supported(parse_isa(s)); });
+  m.def("cpu_amx_fp16_supported", [] { return cpu_amx_fp16_supported(); });
   // ---- the CUDA emulator (longattn.testing.cuda_emulator) ----
   m.attr("emulator_built") = emulator::built();
   m.attr("emulator_plain_access_checks") = emulator::plain_access_checks();

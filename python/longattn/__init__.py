@@ -236,6 +236,10 @@ def get_num_threads() -> int:
     return _C.num_threads()
 
 
+# The CPU engine builds, in the order of the C++ CpuIsa enum (amx_model is a test build: never chosen by default).
+CPU_ISAS = ("scalar", "avx2", "avx512", "avx512_bf16", "amx", "amx_model")
+
+
 def capabilities() -> dict:
     """What this build and machine can run (the first part of `python -m longattn`)."""
     cuda_usable = torch.cuda.is_available()
@@ -244,7 +248,8 @@ def capabilities() -> dict:
         "torch": torch.__version__,
         "cpu_isa_active": _C.cpu_isa(),
         "cpu_isa_best": _C.best_cpu_isa(),
-        "cpu_isa_compiled": [isa for isa in ("scalar", "avx2", "avx512", "avx512_bf16") if _C.cpu_isa_supported(isa)],
+        "cpu_isa_compiled": [isa for isa in CPU_ISAS if _C.cpu_isa_supported(isa)],
+        "cpu_amx_fp16": _C.cpu_amx_fp16_supported(),
         "threads": _C.num_threads(),
         "threads_env": os.environ.get("LONGATTN_NUM_THREADS"),
         "cpu_isa_env": os.environ.get("LONGATTN_CPU_ISA"),

@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import _C
+
 
 def _sync(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
@@ -80,6 +82,16 @@ def cuda_time(fn, reps: int = 20, warmup: int = 3) -> float:
 
 def cpu_dtype_paths(isa: str) -> list[str]:
     """Which CPU engine each input dtype runs under the active ISA (for reports and benchmark tables)."""
+    if isa in ("amx", "amx_model"):
+        fp16_tiles = isa == "amx_model" or _C.cpu_amx_fp16_supported()
+        tiles = "modelled AMX tiles (amx_model: a test build, slow)" if isa == "amx_model" else "AMX tiles"
+        base = "avx2" if isa == "amx_model" else "avx512"
+        dtypes = "bfloat16, float16" if fp16_tiles else "bfloat16"
+        rest = "float32" if fp16_tiles else "float32, float16"
+        return [f"{dtypes}: {tiles} (TDPBF16PS{'/TDPFP16PS' if fp16_tiles else ''} tile products, float32 "
+                "accumulation and softmax, P rounded to the input dtype)",
+                f"{rest}: the {base} float32 FMA engine" + ("" if fp16_tiles else
+                                                               " (float16 converted: this CPU has no AMX-FP16)")]
     if isa == "avx512_bf16":
         return ["bfloat16: bfloat16 tiles on AVX512-BF16 (VDPBF16PS pair dot products, float32 accumulation and "
                 "softmax, P rounded to bfloat16)",

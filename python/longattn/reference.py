@@ -9,7 +9,7 @@ import torch
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
                      scale: float | None = None, compute_dtype: torch.dtype = torch.float64, softcap: float = 0.0,
-                     sinks: torch.Tensor | None = None):
+                     sinks: torch.Tensor | None = None, p_dtype: torch.dtype | None = None):
     """softmax(scale * q kᵀ + mask) v, BSHD layout, GQA by repeating kv heads.
 
     visible: bool, broadcastable to (B, Hq, Sq, Sk). Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq)) in
@@ -18,6 +18,8 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible:
     softcap > 0: each scaled score s becomes softcap * tanh(s / softcap) before the mask. sinks (Hq,): one extra logit
     per query head in every row's denominator, carrying no value (lse includes it).
     A row with no visible key gets out = 0 and lse = -inf (lse = its sink with sinks).
+    p_dtype: round the probabilities to this dtype before they multiply v (what 16-bit tile kernels do); None = keep
+    them in compute_dtype.
     """
     B, Sq, Hq, D = q.shape
     Hk = k.shape[2]
@@ -36,17 +38,20 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible:
         lse = torch.logsumexp(torch.cat([scores, sink], dim=-1), dim=-1)    # the sink joins the denominator
     empty = torch.isneginf(lse)
     probs = torch.exp(scores - lse.masked_fill(empty, 0.0)[..., None])      # exp(-inf) = 0 on empty rows
+    if p_dtype is not None:
+        probs = probs.to(p_dtype).to(compute_dtype)
     out = probs @ v64                                                       # (B, Hq, Sq, Dv)
     return out.transpose(1, 2), lse
 
 
 def attention(q, k, v, *, causal: bool = False, scale: float | None = None, compute_dtype=torch.float64,
-              softcap: float = 0.0, sinks: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None):
+              softcap: float = 0.0, sinks: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None,
+              p_dtype: torch.dtype | None = None):
     """attention: returns (out, lse), computed in compute_dtype (float64: the oracle). Dense is the unbounded window,
-    causal the window (-1, 0), both bottom-right aligned."""
+    causal the window (-1, 0), both bottom-right aligned. p_dtype: as masked_attention."""
     visible = sliding_window_visible(q.shape[1], k.shape[1], window=(-1, -1), causal=causal,
                                      key_padding_mask=key_padding_mask, device=q.device)
-    return masked_attention(q, k, v, visible, scale, compute_dtype, softcap, sinks)
+    return masked_attention(q, k, v, visible, scale, compute_dtype, softcap, sinks, p_dtype)
 
 
 def sliding_window_visible(seqlen_q: int, seqlen_k: int, *, window: tuple[int, int], causal: bool = False,
@@ -84,12 +89,12 @@ def sliding_window_visible(seqlen_q: int, seqlen_k: int, *, window: tuple[int, i
 def sliding_window_attention(q, k, v, *, window: tuple[int, int], causal: bool = False, dilation=1,
                              global_tokens: torch.Tensor | None = None, scale: float | None = None,
                              compute_dtype=torch.float64, softcap: float = 0.0, sinks: torch.Tensor | None = None,
-                             key_padding_mask: torch.Tensor | None = None):
-    """attention: returns (out, lse), computed in compute_dtype (float64: the oracle)."""
+                             key_padding_mask: torch.Tensor | None = None, p_dtype: torch.dtype | None = None):
+    """attention: returns (out, lse), computed in compute_dtype (float64: the oracle). p_dtype: as masked_attention."""
     visible = sliding_window_visible(q.shape[1], k.shape[1], window=window, causal=causal, dilation=dilation,
                                      global_tokens=global_tokens, key_padding_mask=key_padding_mask,
                                      device=q.device)
-    return masked_attention(q, k, v, visible, scale, compute_dtype, softcap, sinks)
+    return masked_attention(q, k, v, visible, scale, compute_dtype, softcap, sinks, p_dtype)
 
 
 # ---- variable-length batches -----------------------------------------------------------------------------------------

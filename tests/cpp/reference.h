@@ -19,6 +19,10 @@ inline void PrintTo(CpuIsa isa, std::ostream* os) { *os << cpu_isa_name(isa); }
 
 namespace longattn::testing {
 
+// Every CPU engine build; a test skips those this CPU or build cannot run.
+inline const CpuIsa kEveryCpuIsa[] = {CpuIsa::kScalar,     CpuIsa::kAvx2, CpuIsa::kAvx512,
+                                      CpuIsa::kAvx512Bf16, CpuIsa::kAmx,  CpuIsa::kAmxModel};
+
 // bfloat16 bits from a float (round to nearest even; no NaN inputs) and back.
 inline uint16_t to_bf16(float f) {
   uint32_t x;
@@ -32,6 +36,21 @@ inline float from_bf16(uint16_t h) {
   return f;
 }
 
+// float16 bits from a float (round to nearest even; finite inputs well inside the float16 range) and back.
+inline uint16_t to_f16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
+  const float a = std::fabs(f);
+  if (a < 6.103515625e-05f) return uint16_t(sign | uint16_t(std::nearbyint(a * 16777216.0f)));  // subnormal
+  const uint32_t abs = x & 0x7fffffffu, m = abs + 0xfffu + ((abs >> 13) & 1u);
+  return uint16_t(sign | uint16_t((m - 0x38000000u) >> 13));
+}
+inline float from_f16(uint16_t h) {
+  const int exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  const float mag = exp == 0 ? std::ldexp(float(man), -24) : std::ldexp(float(man | 0x400), exp - 25);
+  return h & 0x8000u ? -mag : mag;
+}
 
 // Contiguous BSHD float inputs; writes out (B, Sq, Hq, Dv) and lse (B, Hq, Sq).
 inline void naive_attention(const AttentionParams& p, const std::vector<float>& q, const std::vector<float>& k,

@@ -155,56 +155,67 @@ TEST_P(AttentionVsReference, MatchesNaiveDouble) {
 
 INSTANTIATE_TEST_SUITE_P(Sweep, AttentionVsReference,
                          ::testing::Combine(::testing::ValuesIn(kCases),
-                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512,
-                                                              CpuIsa::kAvx512Bf16)),
+                                            ::testing::ValuesIn(testing::kEveryCpuIsa)),
                          [](const ::testing::TestParamInfo<std::tuple<Case, CpuIsa>>& info) {
                            return std::string(cpu_isa_name(std::get<1>(info.param))) + "_" +
                                   describe(std::get<0>(info.param)) + "_" + std::to_string(info.index);
                          });
 
-// bfloat16 inputs on every ISA, against the naive double reference of the same (rounded) inputs. The float32
-// engines round only the output (<= 2^-9 relative); avx512_bf16's bfloat16 tiles also round P before P·V (<= 2^-9
-// relative per weight, so <= 2^-9 · Σ|p v| <= 2^-9 · max|v| ~ 8e-3 here); a wrong pairing of bfloat16 values
-// moves an output by O(1).
-
-class BFloat16VsReference : public ::testing::TestWithParam<std::tuple<Case, CpuIsa>> {};
-
-TEST_P(BFloat16VsReference, MatchesNaiveDouble) {
-  const Case& c = std::get<0>(GetParam());
-  IsaGuard guard(std::get<1>(GetParam()));
-  if (!guard.ok()) GTEST_SKIP() << cpu_isa_name(std::get<1>(GetParam())) << " is not available on this CPU";
+// 16-bit inputs on every ISA, against the naive double reference of the same (rounded) inputs. The float32
+// engines round only the output (<= 2^-9 relative for bfloat16, 2^-11 for float16); the 16-bit tiles (avx512_bf16's
+// bfloat16 pairs, amx's and amx_model's AMX tiles) also round P to the input dtype before P·V (<= 2^-9 relative
+// per weight, so <= 2^-9 · Σ|p v| <= 2^-9 · max|v| ~ 8e-3 here; float16 a quarter of that); a wrong pairing of
+// 16-bit values moves an output by O(1).
+void expect_16_bit_matches_reference(const Case& c, CpuIsa isa, DType dtype) {
+  IsaGuard guard(isa);
+  if (!guard.ok()) GTEST_SKIP() << cpu_isa_name(isa) << " is not available on this CPU";
+  const bool bf16 = dtype == DType::kBFloat16;
+  const auto to16 = [&](float x) { return bf16 ? testing::to_bf16(x) : testing::to_f16(x); };
+  const auto from16 = [&](uint16_t h) { return bf16 ? testing::from_bf16(h) : testing::from_f16(h); };
   Inputs in = random_inputs(c, 99);
   std::vector<uint16_t> q16, k16, v16;
   for (auto [t, bits] : {std::pair{&in.q, &q16}, std::pair{&in.k, &k16}, std::pair{&in.v, &v16}})
     for (float& x : *t) {
-      bits->push_back(testing::to_bf16(x));
-      x = testing::from_bf16(bits->back());  // the reference sees the rounded inputs
+      bits->push_back(to16(x));
+      x = from16(bits->back());  // the reference sees the rounded inputs
     }
   std::vector<float> out32, lse;
   AttentionParams p = make_params(c, in, &out32, &lse);
-  std::vector<uint16_t> out(out32.size(), 0x7fc0);  // NaN
-  p.dtype = DType::kBFloat16;
+  std::vector<uint16_t> out(out32.size(), bf16 ? 0x7fc0 : 0x7e00);  // NaN
+  p.dtype = dtype;
   p.q = q16.data(), p.k = k16.data(), p.v = v16.data(), p.out = out.data();
   ASSERT_TRUE(attention_forward(p).ok());
   std::vector<double> ref_out, ref_lse;
   p.dtype = DType::kFloat32;  // the reference reads the float copies
   p.q = in.q.data(), p.k = in.k.data(), p.v = in.v.data();
   testing::naive_attention(p, in.q, in.k, in.v, &ref_out, &ref_lse);
-  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(testing::from_bf16(out[i]), ref_out[i], 1.5e-2) << "out element " << i;
+  const double tol = bf16 ? 1.5e-2 : 4e-3;
+  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(from16(out[i]), ref_out[i], tol) << "out element " << i;
   for (size_t i = 0; i < lse.size(); ++i) {
     if (std::isinf(ref_lse[i])) ASSERT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "lse element " << i;
     else ASSERT_NEAR(lse[i], ref_lse[i], 1e-4 * (1 + std::fabs(ref_lse[i]))) << "lse element " << i;
   }
 }
 
+class BFloat16VsReference : public ::testing::TestWithParam<std::tuple<Case, CpuIsa>> {};
+TEST_P(BFloat16VsReference, MatchesNaiveDouble) {
+  expect_16_bit_matches_reference(std::get<0>(GetParam()), std::get<1>(GetParam()), DType::kBFloat16);
+}
+class Float16VsReference : public ::testing::TestWithParam<std::tuple<Case, CpuIsa>> {};
+TEST_P(Float16VsReference, MatchesNaiveDouble) {
+  expect_16_bit_matches_reference(std::get<0>(GetParam()), std::get<1>(GetParam()), DType::kFloat16);
+}
+
+const auto kCaseIsaName = [](const ::testing::TestParamInfo<std::tuple<Case, CpuIsa>>& info) {
+  return std::string(cpu_isa_name(std::get<1>(info.param))) + "_" + describe(std::get<0>(info.param)) + "_" +
+         std::to_string(info.index);
+};
 INSTANTIATE_TEST_SUITE_P(Sweep, BFloat16VsReference,
-                         ::testing::Combine(::testing::ValuesIn(kCases),
-                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512,
-                                                              CpuIsa::kAvx512Bf16)),
-                         [](const ::testing::TestParamInfo<std::tuple<Case, CpuIsa>>& info) {
-                           return std::string(cpu_isa_name(std::get<1>(info.param))) + "_" +
-                                  describe(std::get<0>(info.param)) + "_" + std::to_string(info.index);
-                         });
+                         ::testing::Combine(::testing::ValuesIn(kCases), ::testing::ValuesIn(testing::kEveryCpuIsa)),
+                         kCaseIsaName);
+INSTANTIATE_TEST_SUITE_P(Sweep, Float16VsReference,
+                         ::testing::Combine(::testing::ValuesIn(kCases), ::testing::ValuesIn(testing::kEveryCpuIsa)),
+                         kCaseIsaName);
 
 TEST(Attention, BitwiseIdenticalAcrossThreadCounts) {
   const Case c{2, 333, 333, 4, 2, 64, 64, true};

@@ -207,8 +207,7 @@ const LshCase kLshCases[] = {
 
 INSTANTIATE_TEST_SUITE_P(Sweep, LshVsNaive,
                          ::testing::Combine(::testing::ValuesIn(kLshCases),
-                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512,
-                                                              CpuIsa::kAvx512Bf16)),
+                                            ::testing::ValuesIn(testing::kEveryCpuIsa)),
                          [](const ::testing::TestParamInfo<std::tuple<LshCase, CpuIsa>>& info) {
                            return std::string(cpu_isa_name(std::get<1>(info.param))) + "_" +
                                   describe(std::get<0>(info.param)) + "_" + std::to_string(info.index);
@@ -225,7 +224,7 @@ TEST(Lsh, FactorizedBucketsAreDigitsOfPerFactorArgmaxes) {
   d.rotations.resize(c.heads * c.head_dim * c.n_hashes * columns);
   for (auto& x : d.rotations) x = dist(rng);
   const CpuIsa saved = active_cpu_isa();
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16}) {
+  for (CpuIsa isa : testing::kEveryCpuIsa) {
     if (!set_cpu_isa(isa).ok()) continue;  // not on this CPU
     std::vector<float> out, lse;
     std::vector<int64_t> buckets;

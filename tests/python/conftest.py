@@ -4,7 +4,7 @@ import torch
 import longattn
 from longattn import _C
 
-AVAILABLE_ISAS = [isa for isa in ("scalar", "avx2", "avx512", "avx512_bf16") if _C.cpu_isa_supported(isa)]
+AVAILABLE_ISAS = [isa for isa in longattn.CPU_ISAS if _C.cpu_isa_supported(isa)]
 
 
 @pytest.fixture(params=AVAILABLE_ISAS)

@@ -2,6 +2,8 @@
 
 import torch
 
+from longattn import _C
+
 # Floors for when PyTorch's own error happens to be tiny: a few units in the last place of each dtype, scaled by
 # the output magnitude (outputs are convex combinations of v rows, so |out| <= max |v|).
 ABS_FLOOR = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -18,6 +20,18 @@ def assert_matches_oracle(out, ref64, same_dtype_ref, what="out"):
     assert ours <= bound, f"{what}: error {ours:.3g} > bound {bound:.3g} (PyTorch in {out.dtype}: {torch_err:.3g})"
     # -inf (empty rows) must match exactly
     assert torch.equal(torch.isneginf(out.double()), torch.isneginf(ref64)), f"{what}: -inf pattern differs"
+
+
+def p_rounding(dtype):
+    """The dtype the active CPU path rounds the probabilities to before they multiply v (its 16-bit tiles:
+    avx512_bf16 for bfloat16; amx for bfloat16, and float16 where the CPU has AMX-FP16; amx_model for both), or
+    None where the float32 engine runs (16-bit inputs converted, P kept in float32)."""
+    isa = _C.cpu_isa()
+    if dtype == torch.bfloat16 and isa in ("avx512_bf16", "amx", "amx_model"):
+        return torch.bfloat16
+    if dtype == torch.float16 and (isa == "amx_model" or (isa == "amx" and _C.cpu_amx_fp16_supported())):
+        return torch.float16
+    return None
 
 
 def bshd(b, s, h, d, dtype=torch.float32, layout="bshd"):

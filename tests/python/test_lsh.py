@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import longattn
-from longattn import _C, reference
+from longattn import reference
 
-from helpers import assert_matches_oracle
+from helpers import assert_matches_oracle, p_rounding
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -34,7 +34,7 @@ def check_against_oracle(qk, v, *, n_hashes, n_buckets, chunk_length, chunks_bef
     ref_out, ref_lse = reference.lsh_attention(qk, v, buckets, **kw)
     # PyTorch doing the same math with the inputs rounded to their dtype (and, where bfloat16 runs bfloat16 tiles,
     # the probabilities rounded to bfloat16 before they multiply v)
-    p_dtype = torch.bfloat16 if qk.dtype == torch.bfloat16 and _C.cpu_isa() == "avx512_bf16" else None
+    p_dtype = p_rounding(qk.dtype)
     pt_out, pt_lse = reference.lsh_attention(qk, v, buckets, compute_dtype=torch.float32, p_dtype=p_dtype, **kw)
     if qk.dtype != torch.float32:
         pt_out = pt_out.to(qk.dtype)

@@ -225,13 +225,17 @@ int64_t lsh_attention_workspace_bytes(const LshAttentionParams& params);
 
 // ---- CPU backend controls -------------------------------------------------------------------------------------
 // kAvx512Bf16: the AVX-512 engine, with bfloat16 inputs on VDPBF16PS tiles (P rounded to bfloat16 before P·V).
-enum class CpuIsa : int32_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+// kAmx: bfloat16 on AMX-BF16 tiles and float16 on AMX-FP16 tiles where the CPU has them (P rounded to the input
+//       dtype), the rest as kAvx512Bf16; needs the OS to grant the AMX state (Linux: arch_prctl, asked once).
+// kAmxModel: a test build, never chosen by default: the AVX2 engine with kAmx's tile path on modelled tiles.
+enum class CpuIsa : int32_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4, kAmxModel = 5 };
 
 const char* cpu_isa_name(CpuIsa isa);
 bool cpu_isa_supported(CpuIsa isa);  // compiled in and supported by this CPU and OS
+bool cpu_amx_fp16_supported();       // kAmx runs float16 on tiles too (AMX-FP16); else float16 runs as on kAvx512Bf16
 CpuIsa best_cpu_isa();
-// The ISA the CPU kernels use. Default: best_cpu_isa(), or LONGATTN_CPU_ISA=scalar|avx2|avx512|avx512_bf16 at load
-// time.
+// The ISA the CPU kernels use. Default: best_cpu_isa(), or LONGATTN_CPU_ISA=scalar|avx2|avx512|avx512_bf16|amx|
+// amx_model at load time.
 CpuIsa active_cpu_isa();
 Status set_cpu_isa(CpuIsa isa);
 
