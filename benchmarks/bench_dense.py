@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--name", default="dense", help="results file stem (default: dense)")
+    parser.add_argument("--naive-max-s", type=int, default=4096,
+                        help="longest S the naive materialised softmax runs at (default 4096; it is slow in bf16)")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     seqlens = [1024, 4096] if args.quick else [512, 1024, 2048, 4096, 8192]
@@ -159,11 +161,17 @@ def main() -> None:
         print(f"CPU path: {line}")
     print(f"longattn {caps['longattn']} ({caps['cpu_isa_active']}, {caps['threads']} threads), torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)")
+    # torch's OpenMP workers spin after each parallel region (libgomp's default wait policy), holding the cores the
+    # next call needs: in interleaved timing that slows whatever runs right after SDPA (longattn's own pool) on
+    # calls of a few ms. OMP_WAIT_POLICY=PASSIVE (set before the run) makes them sleep at once.
+    omp_policy = os.environ.get("OMP_WAIT_POLICY", "unset (libgomp spins)")
+    print(f"OMP_WAIT_POLICY: {omp_policy}")
     started = time.time()
     with torch.inference_mode():
         gemm = sgemm_gflops()
         print(f"sgemm 2048^3 (torch.mm, same run): {gemm:.1f} GFLOP/s")
-        rows = sweep(seqlens, [64, 128], [torch.float32, torch.bfloat16], naive_max_s=4096, reps=args.reps)
+        rows = sweep(seqlens, [64, 128], [torch.float32, torch.bfloat16], naive_max_s=args.naive_max_s,
+                     reps=args.reps)
     memory = [] if args.no_memory else peak_memory([8192, 32768])
     for r in rows:
         r["of_sgemm"] = round(r["longattn_gflops"] / gemm, 3)  # share of the machine's sgemm rate, same run
@@ -174,6 +182,7 @@ def main() -> None:
     meta = {"host": host_line(), "cpu_paths": cpu_dtype_paths(caps["cpu_isa_active"]),
             "machine_cpu_isa": caps["cpu_isa_active"], "threads": caps["threads"], "torch": torch.__version__,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "sgemm_gflops": round(gemm, 1),
+            "omp_wait_policy": omp_policy,
             "seconds": round(time.time() - started, 1)}
     with open(RESULTS / f"{args.name}.json", "w") as f:
         json.dump({"meta": meta, "rows": rows, "memory": memory}, f, indent=1)

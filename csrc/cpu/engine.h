@@ -40,7 +40,8 @@
 namespace longattn::cpu::LONGATTN_ISA_NAME {
 
 // Tile shape. The defaults were chosen by measurement on a 2-core Sapphire Rapids VM (see the issue notes); each can
-// be overridden with -DLONGATTN_<NAME>=… for tuning experiments.
+// be overridden with -DLONGATTN_<NAME>=… for tuning experiments, or for the AVX2 build alone with
+// -DLONGATTN_AVX2_<NAME>=… (the AVX-512 builds need kBlockK · kBlockQ >= 16 · 256 below).
 //   kMR x kNV*kWidth  register block of both micro-kernels (kMR broadcast rows, kNV vectors of columns)
 //   kBlockQ           queries per tile (columns of the transposed score tile)
 //   kBlockK           keys per tile
@@ -57,6 +58,15 @@ constexpr int kMR = 6, kNV = 2;  // 12 accumulators + 2 loads + 1 broadcast = 15
 #define LONGATTN_AVX512_NV 2
 #endif
 constexpr int kMR = LONGATTN_AVX512_MR, kNV = LONGATTN_AVX512_NV;  // 16 accumulators of 32 zmm registers
+#endif
+#if defined(LONGATTN_ISA_AVX2) && defined(LONGATTN_AVX2_BLOCK_K)
+#define LONGATTN_BLOCK_K LONGATTN_AVX2_BLOCK_K
+#endif
+#if defined(LONGATTN_ISA_AVX2) && defined(LONGATTN_AVX2_BLOCK_Q)
+#define LONGATTN_BLOCK_Q LONGATTN_AVX2_BLOCK_Q
+#endif
+#if defined(LONGATTN_ISA_AVX2) && defined(LONGATTN_AVX2_SUB_TILES)
+#define LONGATTN_SUB_TILES LONGATTN_AVX2_SUB_TILES
 #endif
 #ifndef LONGATTN_BLOCK_Q
 #define LONGATTN_BLOCK_Q 64
