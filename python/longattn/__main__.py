@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -40,6 +41,9 @@ def quick_benchmark(seqlens, reps: int, device: str) -> None:
     dtypes = (torch.float16, torch.bfloat16) if device == "cuda" else (torch.float32, torch.bfloat16)
     print(f"\nquick benchmark on {device}: B1 H8 D64, longattn.attention vs torch SDPA (same inputs, interleaved runs)")
     print(host_line())
+    if device == "cpu" and not os.environ.get("OMP_WAIT_POLICY"):
+        print("OMP_WAIT_POLICY unset: torch's OpenMP workers spin after each SDPA call and share the cores with the "
+              "next longattn call (short calls read slower); OMP_WAIT_POLICY=PASSIVE avoids it")
     print(f"{'dtype':>9} {'causal':>6} {'S':>6} | {'longattn ms':>11} {'GFLOP/s':>8} | {'SDPA ms':>8} {'GFLOP/s':>8} "
           f"| {'speed-up':>8}")
     for dtype in dtypes:
