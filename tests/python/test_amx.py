@@ -19,13 +19,8 @@ AMX_ISAS = [pytest.param("amx_model", id="amx_model"),
                 reason="amx: this CPU or OS has no usable AMX-BF16 (CPUID, XCR0 or the arch_prctl permission), "
                        "or this build has no AMX"))]
 
-
-@pytest.fixture(params=AMX_ISAS)
-def amx_isa(request):
-    saved = _C.cpu_isa()
-    _C.set_cpu_isa(request.param)
-    yield request.param
-    _C.set_cpu_isa(saved)
+# conftest's cpu_isa fixture, limited to the AMX builds
+amx_isas = pytest.mark.parametrize("cpu_isa", AMX_ISAS, indirect=True)
 
 
 def tiles_run(dtype):
@@ -49,14 +44,16 @@ def check(q, k, v, op="window", **kw):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim,head_dim_v", [(1, 1), (8, 8), (31, 17), (32, 32), (33, 33), (64, 64), (80, 48),
                                                  (96, 96), (128, 128), (160, 40), (256, 256)])
-def test_dense_head_dims_and_tile_tails(amx_isa, dtype, head_dim, head_dim_v):
+@amx_isas
+def test_dense_head_dims_and_tile_tails(cpu_isa, dtype, head_dim, head_dim_v):
     q, k, v = bshd(1, 77, 2, head_dim, dtype), bshd(1, 145, 2, head_dim, dtype), bshd(1, 145, 2, head_dim_v, dtype)
     check(q, k, v, op="dense")
     check(q, k, v, op="dense", causal=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_dense_gqa_strided_and_long(amx_isa, dtype):
+@amx_isas
+def test_dense_gqa_strided_and_long(cpu_isa, dtype):
     q = bshd(2, 300, 6, 64, dtype, layout="bhsd")
     k, v = bshd(2, 300, 2, 64, dtype, layout="bhsd"), bshd(2, 300, 2, 64, dtype, layout="bhsd")
     check(q, k, v, op="dense", causal=True)
@@ -66,7 +63,8 @@ def test_dense_gqa_strided_and_long(amx_isa, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("window", [(0, 0), (5, 0), (20, 11), (63, 64), (100, 7)])
-def test_windows_dilation_and_global_tokens(amx_isa, dtype, window):
+@amx_isas
+def test_windows_dilation_and_global_tokens(cpu_isa, dtype, window):
     q, k, v = bshd(1, 301, 4, 33, dtype), bshd(1, 301, 2, 33, dtype), bshd(1, 301, 2, 17, dtype)
     check(q, k, v, window=window)
     check(q, k, v, window=(window[0], 0), causal=True, dilation=[1, 2, 3, 5])
@@ -77,7 +75,8 @@ def test_windows_dilation_and_global_tokens(amx_isa, dtype, window):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_serving_features(amx_isa, dtype):
+@amx_isas
+def test_serving_features(cpu_isa, dtype):
     q, k, v = bshd(2, 150, 4, 64, dtype), bshd(2, 150, 2, 64, dtype), bshd(2, 150, 2, 64, dtype)
     mask = torch.ones(2, 150, dtype=torch.bool)
     mask[1, 97:] = False
@@ -87,7 +86,8 @@ def test_serving_features(amx_isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_lsh_chunks(amx_isa, dtype):
+@amx_isas
+def test_lsh_chunks(cpu_isa, dtype):
     # odd chunk length and head dims: an odd last key, pairs past the head dim, chunks of more than one key tile
     for (S, D, Dv, chunk, before, after) in [(198, 33, 17, 33, 1, 0), (480, 64, 64, 160, 1, 1), (128, 8, 8, 16, 0, 0)]:
         qk, v = (torch.randn(2, S, 2, D) * 0.5).to(dtype), torch.randn(2, S, 2, Dv).to(dtype)
@@ -101,9 +101,10 @@ def test_lsh_chunks(amx_isa, dtype):
         assert_matches_oracle(lse, ref_lse, pt_lse, "lse")
 
 
-def test_float32_and_decode_run_the_base_engine_bit_for_bit(amx_isa):
+@amx_isas
+def test_float32_and_decode_run_the_base_engine_bit_for_bit(cpu_isa):
     """amx builds hand float32 and the decode path to the engine they extend (avx512_bf16 / avx2): same bits."""
-    base = "avx2" if amx_isa == "amx_model" else "avx512_bf16"
+    base = "avx2" if cpu_isa == "amx_model" else "avx512_bf16"
     q, k, v = bshd(1, 200, 2, 64), bshd(1, 200, 2, 64), bshd(1, 200, 2, 64)
     got = longattn.attention(q, k, v, causal=True)
     kc, vc = bshd(2, 64, 2, 64, torch.bfloat16), bshd(2, 64, 2, 64, torch.bfloat16)
@@ -114,15 +115,21 @@ def test_float32_and_decode_run_the_base_engine_bit_for_bit(amx_isa):
     assert torch.equal(got_decode, longattn.attention_with_kvcache(qd, kc, vc, cache_seqlens=lens))
 
 
-def test_tiles_for_each_dtype_as_reported(amx_isa):
+@amx_isas
+def test_tiles_for_each_dtype_as_reported(cpu_isa):
     assert tiles_run(torch.bfloat16)
-    assert tiles_run(torch.float16) == (amx_isa == "amx_model" or _C.cpu_amx_fp16_supported())
+    assert tiles_run(torch.float16) == (cpu_isa == "amx_model" or _C.cpu_amx_fp16_supported())
     assert not tiles_run(torch.float32)
     caps = longattn.capabilities()
-    assert amx_isa in caps["cpu_isa_compiled"]
+    assert cpu_isa in caps["cpu_isa_compiled"]
     assert caps["cpu_amx_fp16"] == (_C.cpu_isa_supported("amx") and _C.cpu_amx_fp16_supported())
 
 
 def test_amx_model_is_never_the_default():
     assert _C.best_cpu_isa() != "amx_model"
     assert longattn.capabilities()["cpu_isa_best"] in ("amx", "avx512_bf16", "avx512", "avx2", "scalar")
+
+
+def test_unknown_isa_name_is_refused_with_the_accepted_names():
+    with pytest.raises(ValueError, match="amx2.*scalar, avx2, avx512, avx512_bf16, amx or amx_model"):
+        _C.set_cpu_isa("amx2")
